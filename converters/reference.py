@@ -1,0 +1,157 @@
+"""The PyTorch reference (PyPI ``sam3``) made to run on a CPU, plus seeded random weights.
+
+sam3 0.1.4 assumes CUDA in a few places; ``patch_sam3_for_cpu`` redirects them. Everything here
+needs torch and sam3 (the ``convert`` extra).
+"""
+
+import re
+
+import torch
+
+_PATCHED = False
+
+
+def patch_sam3_for_cpu():
+    """Idempotent monkeypatches that let sam3 0.1.4 build and run on a machine without CUDA."""
+    global _PATCHED
+    if _PATCHED:
+        return
+    import sam3.model.decoder as decoder
+    import sam3.model.position_encoding as position_encoding
+
+    # geometry encoder box path: scale.pin_memory() needs CUDA
+    torch.Tensor.pin_memory = lambda self, *a, **k: self
+    # TransformerDecoder.__init__ precomputes boxRPB coordinates with device="cuda"
+    get_coords = decoder.TransformerDecoder._get_coords
+    decoder.TransformerDecoder._get_coords = staticmethod(
+        lambda h, w, device: get_coords(h, w, "cpu"))
+    # PositionEmbeddingSine(precompute_resolution=...) precomputes its cache on "cuda"
+    init = position_encoding.PositionEmbeddingSine.__init__
+
+    def init_cpu(self, *args, precompute_resolution=None, **kwargs):
+        init(self, *args, **kwargs)
+        if precompute_resolution is not None:
+            for stride in (4, 8, 16, 32):
+                n = precompute_resolution // stride
+                self.forward(torch.zeros(1, 1, n, n))
+
+    position_encoding.PositionEmbeddingSine.__init__ = init_cpu
+    _PATCHED = True
+
+
+def build_reference_detector():
+    """Sam3Image with the published detector configuration and no backbone, in eval mode:
+    forward_grounding runs on precomputed backbone features."""
+    patch_sam3_for_cpu()
+    from sam3 import model_builder as mb
+
+    model = mb._create_sam3_model(
+        backbone=None,
+        transformer=mb._create_sam3_transformer(),
+        input_geometry_encoder=mb._create_geometry_encoder(),
+        segmentation_head=mb._create_segmentation_head(),
+        dot_prod_scoring=mb._create_dot_product_scoring(),
+        inst_interactive_predictor=None,
+        eval_mode=True,
+    )
+    return model.eval()
+
+
+@torch.no_grad()
+def randomize_(module, seed, layer_std=0.02):
+    """Seeded random weights in which nothing is trivial: norm affines away from (1, 0), every
+    bias and embedding non-zero, the zero-initialised box head non-zero, BatchNorm statistics
+    away from (0, 1).
+
+    Weight matrices inside the transformer layers (encoder, decoder, geometry encoder) get a small
+    std (``layer_std``): with 1/fan_in weights there the text cross-attention dominates and all
+    queries collapse to one score. Other weights get std 1/sqrt(fan_in). Returns the module.
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def randn_(t, std, mean=0.0):
+        t.copy_(torch.randn(t.shape, generator=g) * std + mean)
+
+    done = set()
+    for m in module.modules():
+        if isinstance(m, (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.BatchNorm2d)) and m.weight is not None:
+            randn_(m.weight, 0.2, 1.0)
+            randn_(m.bias, 0.1)
+            done.update({id(m.weight), id(m.bias)})
+        elif isinstance(m, torch.nn.Embedding):
+            randn_(m.weight, 1.0)
+            done.add(id(m.weight))
+    in_layer = re.compile(r"(encoder\.layers|decoder\.layers|encode)\.\d+\.")
+    for name, p in module.named_parameters():
+        if id(p) in done or not p.is_floating_point():
+            continue
+        if p.dim() < 2:
+            randn_(p, 0.05)
+        elif in_layer.search(name):
+            randn_(p, layer_std)
+        else:
+            randn_(p, p[0].numel() ** -0.5)
+    for name, b in module.named_buffers():
+        if name.endswith("running_var"):
+            b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+        elif name.endswith("running_mean"):
+            randn_(b, 0.1)
+    return module
+
+
+def position_encodings(feature_maps):
+    """The reference's sine position encoding of each [1, C, H, W] map (as the vision neck makes it)."""
+    patch_sam3_for_cpu()
+    from sam3.model.position_encoding import PositionEmbeddingSine
+
+    pe = PositionEmbeddingSine(num_pos_feats=feature_maps[0].shape[1], normalize=True)
+    return [pe(f) for f in feature_maps]
+
+
+@torch.inference_mode()
+def reference_forward_grounding(model, backbone_fpn, language_features, language_mask, boxes=None,
+                                box_labels=None, points=None, point_labels=None):
+    """Sam3Image.forward_grounding on NumPy inputs shaped as npsam3's, plus the intermediate stages
+    (captured with forward hooks) under npsam3's names. Returns a dict of NumPy arrays."""
+    from sam3.model.data_misc import FindStage
+    from sam3.model.geometry_encoders import Prompt
+
+    fpn = [torch.from_numpy(f) for f in backbone_fpn]
+    backbone_out = {
+        "backbone_fpn": fpn,
+        "vision_pos_enc": position_encodings(fpn),
+        "language_features": torch.from_numpy(language_features),
+        "language_mask": torch.from_numpy(language_mask),
+    }
+    zero = torch.zeros(1, dtype=torch.long)
+    find_input = FindStage(img_ids=zero, text_ids=zero, input_boxes=None, input_boxes_mask=None,
+                           input_boxes_label=None, input_points=None, input_points_mask=None)
+    prompt = model._get_dummy_prompt()
+    if boxes is not None:
+        prompt.append_boxes(torch.from_numpy(boxes)[:, None], torch.from_numpy(box_labels)[:, None])
+    if points is not None:
+        prompt.append_points(torch.from_numpy(points)[:, None],
+                             torch.from_numpy(point_labels)[:, None])
+    captured = {}
+    hooks = [
+        model.geometry_encoder.register_forward_hook(
+            lambda m, a, out: captured.update(geometry=out[0])),
+        model.transformer.decoder.register_forward_hook(
+            lambda m, a, out: captured.update(hs=out[0], refs=out[1], presence=out[2])),
+    ]
+    try:
+        out = model.forward_grounding(backbone_out=backbone_out, find_input=find_input,
+                                      find_target=None, geometric_prompt=prompt)
+    finally:
+        for h in hooks:
+            h.remove()
+    res = {k: out[k] for k in ("pred_logits", "pred_boxes", "pred_boxes_xyxy",
+                               "presence_logit_dec", "pred_masks", "semantic_seg",
+                               "encoder_hidden_states", "queries")}
+    res["prompt"] = out["prev_encoder_out"]["encoder_out"]["prompt_before_enc"]
+    res["prompt_mask"] = out["prev_encoder_out"]["encoder_out"]["prompt_mask"]
+    res["geometry_features"] = captured["geometry"]
+    res["decoder_hidden_states"] = captured["hs"]
+    res["reference_boxes"] = captured["refs"]
+    res["presence_logits_per_layer"] = captured["presence"]
+    return {k: v.detach().numpy() if torch.is_tensor(v) else v for k, v in res.items()}
