@@ -6,6 +6,7 @@ needs torch and sam3 (the ``convert`` extra).
 
 import re
 
+import numpy as np
 import torch
 
 _PATCHED = False
@@ -108,14 +109,9 @@ def position_encodings(feature_maps):
     return [pe(f) for f in feature_maps]
 
 
-@torch.inference_mode()
-def reference_forward_grounding(model, backbone_fpn, language_features, language_mask, boxes=None,
-                                box_labels=None, points=None, point_labels=None):
-    """Sam3Image.forward_grounding on NumPy inputs shaped as npsam3's, plus the intermediate stages
-    (captured with forward hooks) under npsam3's names. Returns a dict of NumPy arrays."""
-    from sam3.model.data_misc import FindStage
-    from sam3.model.geometry_encoders import Prompt
-
+def _backbone_out_and_prompt(model, backbone_fpn, language_features, language_mask, boxes,
+                             box_labels, points, point_labels):
+    """The reference's backbone_out dict and geometric Prompt for NumPy inputs shaped as npsam3's."""
     fpn = [torch.from_numpy(f) for f in backbone_fpn]
     backbone_out = {
         "backbone_fpn": fpn,
@@ -123,21 +119,34 @@ def reference_forward_grounding(model, backbone_fpn, language_features, language
         "language_features": torch.from_numpy(language_features),
         "language_mask": torch.from_numpy(language_mask),
     }
-    zero = torch.zeros(1, dtype=torch.long)
-    find_input = FindStage(img_ids=zero, text_ids=zero, input_boxes=None, input_boxes_mask=None,
-                           input_boxes_label=None, input_points=None, input_points_mask=None)
     prompt = model._get_dummy_prompt()
     if boxes is not None:
         prompt.append_boxes(torch.from_numpy(boxes)[:, None], torch.from_numpy(box_labels)[:, None])
     if points is not None:
         prompt.append_points(torch.from_numpy(points)[:, None],
                              torch.from_numpy(point_labels)[:, None])
+    return backbone_out, prompt
+
+
+@torch.inference_mode()
+def reference_forward_grounding(model, backbone_fpn, language_features, language_mask, boxes=None,
+                                box_labels=None, points=None, point_labels=None):
+    """Sam3Image.forward_grounding on NumPy inputs shaped as npsam3's, plus the intermediate stages
+    (captured with forward hooks) under npsam3's names. Returns a dict of NumPy arrays."""
+    from sam3.model.data_misc import FindStage
+
+    backbone_out, prompt = _backbone_out_and_prompt(model, backbone_fpn, language_features,
+                                                    language_mask, boxes, box_labels, points,
+                                                    point_labels)
+    zero = torch.zeros(1, dtype=torch.long)
+    find_input = FindStage(img_ids=zero, text_ids=zero, input_boxes=None, input_boxes_mask=None,
+                           input_boxes_label=None, input_points=None, input_points_mask=None)
     captured = {}
     hooks = [
         model.geometry_encoder.register_forward_hook(
             lambda m, a, out: captured.update(geometry=out[0])),
         model.transformer.decoder.register_forward_hook(
-            lambda m, a, out: captured.update(hs=out[0], refs=out[1], presence=out[2])),
+            lambda m, a, out: captured.update(hs=out[0], refs=out[1])),
     ]
     try:
         out = model.forward_grounding(backbone_out=backbone_out, find_input=find_input,
@@ -151,7 +160,26 @@ def reference_forward_grounding(model, backbone_fpn, language_features, language
     res["prompt"] = out["prev_encoder_out"]["encoder_out"]["prompt_before_enc"]
     res["prompt_mask"] = out["prev_encoder_out"]["encoder_out"]["prompt_mask"]
     res["geometry_features"] = captured["geometry"]
-    res["decoder_hidden_states"] = captured["hs"]
-    res["reference_boxes"] = captured["refs"]
-    res["presence_logits_per_layer"] = captured["presence"]
-    return {k: v.detach().numpy() if torch.is_tensor(v) else v for k, v in res.items()}
+    res["decoder_hidden_states"] = captured["hs"].transpose(1, 2)  # seq-first -> batch-first
+    res["reference_boxes"] = captured["refs"].transpose(1, 2)
+    return {k: v.numpy() for k, v in res.items()}
+
+
+@torch.inference_mode()
+def reference_postprocess(outputs, height, width, threshold):
+    """Sam3Processor._forward_grounding's post-processing (the reference's own code, fed the given
+    forward outputs through a stub model) for an original image of height x width.
+
+    Returns {"scores" [N], "boxes" [N, 4] pixel xyxy, "masks" [N, H, W] bool}."""
+    from types import SimpleNamespace
+
+    from sam3.model.sam3_image_processor import Sam3Processor
+
+    tensors = {k: torch.from_numpy(np.asarray(outputs[k])) for k in
+               ("pred_logits", "pred_boxes", "pred_masks", "presence_logit_dec")}
+    proc = Sam3Processor(SimpleNamespace(forward_grounding=lambda **kw: tensors), device="cpu",
+                         confidence_threshold=threshold)
+    state = proc._forward_grounding({"backbone_out": None, "geometric_prompt": None,
+                                     "original_height": height, "original_width": width})
+    return {"scores": state["scores"].numpy(), "boxes": state["boxes"].numpy(),
+            "masks": state["masks"][:, 0].numpy()}

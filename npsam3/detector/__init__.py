@@ -104,7 +104,8 @@ class Detector:
         Returns the reference's outputs: pred_logits [1,Q,1], pred_boxes [1,Q,4] (cxcywh),
         pred_boxes_xyxy [1,Q,4], presence_logit_dec [1,1], pred_masks [1,len(mask_queries),4h,4w],
         semantic_seg [1,1,4h,4w] (None when semantic=False); and the intermediate stages:
-        prompt [L',1,C], prompt_mask [1,L'], encoder_hidden_states [hw,1,C],
+        prompt [L',1,C], prompt_mask [1,L'], geometry_features [G,1,C],
+        encoder_hidden_states [hw,1,C],
         decoder_hidden_states [layers,1,Q,C], reference_boxes [layers,1,Q,4], queries [1,Q,C].
         """
         cfg = self.config
@@ -141,6 +142,7 @@ class Detector:
             "semantic_seg": None if sem is None else sem[None],
             "prompt": prompt[:, None],
             "prompt_mask": prompt_mask[None],
+            "geometry_features": geo[:, None],
             "encoder_hidden_states": memory[:, None],
             "decoder_hidden_states": hs[:, None],
             "reference_boxes": refs[:, None],

@@ -1,0 +1,48 @@
+"""Read a SAM3-family checkpoint safely (``torch.load(weights_only=True)``) into a flat state dict.
+
+Published checkpoints are ``{"model": {key: tensor}}`` (sometimes with more top-level entries) with
+keys under ``detector.`` (image model) and ``tracker.`` (video tracker); plain state dicts with or
+without the ``detector.`` prefix are accepted too.
+"""
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from npsam3.errors import Npsam3Error
+
+
+def load_checkpoint(path):
+    """{key: tensor} of the image model in a .pt/.pth file, ``detector.`` prefix removed,
+    ``tracker.*`` dropped. Raises Npsam3Error for a missing, unreadable or non-checkpoint file."""
+    path = Path(path)
+    if not path.is_file():
+        raise Npsam3Error(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise Npsam3Error(f"{path} is not a plain PyTorch checkpoint (refusing to unpickle "
+                          f"objects other than tensors: {first})") from None
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise Npsam3Error(f"{path} is not a readable PyTorch checkpoint "
+                          f"(truncated or another format: {str(e).splitlines()[0][:160]})") from None
+    return normalize_state_dict(ckpt, path)
+
+
+def normalize_state_dict(ckpt, source="state dict"):
+    """Unwrap ``{"model": ...}``, strip ``detector.``, drop ``tracker.``; every value must be a tensor."""
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
+        ckpt = ckpt["model"]
+    if not isinstance(ckpt, dict) or not ckpt:
+        raise Npsam3Error(f"{source} holds no state dict of tensors")
+    out = {}
+    for key, value in ckpt.items():
+        if not isinstance(key, str) or key.startswith("tracker."):
+            continue
+        if not torch.is_tensor(value):
+            raise Npsam3Error(f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        out[key.removeprefix("detector.")] = value
+    return out

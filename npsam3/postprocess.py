@@ -1,0 +1,41 @@
+"""Sam3Processor._forward_grounding's post-processing, split so masks are made only for kept queries:
+
+    keep, scores = select_queries(out["pred_logits"], out["presence_logit_dec"], threshold)
+    boxes = boxes_to_pixels(out["pred_boxes"][0, keep], height, width)
+    probs, masks = masks_to_image(mask_logits_of_kept, height, width)
+"""
+
+import numpy as np
+
+from . import nn
+
+f32 = np.float32
+
+
+def query_scores(pred_logits, presence_logit, use_presence=True):
+    """sigmoid(logit) x sigmoid(presence): [1, Q, 1], [1, 1] -> [Q]."""
+    probs = nn.sigmoid(pred_logits[0, :, 0])
+    if use_presence:
+        probs = probs * nn.sigmoid(presence_logit.reshape(()))
+    return probs
+
+
+def select_queries(pred_logits, presence_logit, threshold, use_presence=True):
+    """Indices of the queries scoring above ``threshold`` (strictly, as the reference) and their scores."""
+    probs = query_scores(pred_logits, presence_logit, use_presence)
+    keep = np.flatnonzero(probs > threshold)
+    return keep, probs[keep]
+
+
+def boxes_to_pixels(boxes_cxcywh, height, width):
+    """Normalised cxcywh [N, 4] -> pixel xyxy [N, 4] of an image of the given size."""
+    return nn.box_cxcywh_to_xyxy(boxes_cxcywh) * np.array([width, height, width, height], f32)
+
+
+def masks_to_image(mask_logits, height, width):
+    """Mask logits [N, h, w] -> probabilities [N, H, W] (bilinear, align_corners=False, then
+    sigmoid; the reference calls these "masks_logits") and bool masks [N, H, W] (prob > 0.5)."""
+    probs = np.empty((len(mask_logits), height, width), f32)
+    for i, m in enumerate(mask_logits):  # one at a time: only [H, W] temporaries
+        probs[i] = nn.sigmoid(nn.interpolate_bilinear(m, (height, width)))
+    return probs, probs > 0.5

@@ -1,0 +1,41 @@
+"""Shared fixtures: the PyTorch reference detector with seeded random weights and its npsam3 bundle.
+
+Only the reference tests import torch (through these fixtures); npsam3 itself never does.
+"""
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def reference_detector():
+    """sam3's Sam3Image detector (no backbone), seeded random weights, eval mode."""
+    from converters.reference import build_reference_detector, randomize_
+
+    return randomize_(build_reference_detector(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def detector_bundle(reference_detector, tmp_path_factory):
+    from converters import export_detector
+
+    out = tmp_path_factory.mktemp("bundles") / "detector"
+    export_detector(reference_detector.state_dict(), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def np_detector(detector_bundle):
+    import npsam3
+
+    return npsam3.load_detector(detector_bundle)
+
+
+def random_inputs(seed, feat_size=(72, 72), n_valid=5, context=32, d=256):
+    """FPN levels [1,d,4h,4w], [1,d,2h,2w], [1,d,h,w], text features [L,1,d] and padding mask [1,L]."""
+    rng = np.random.default_rng(seed)
+    h, w = feat_size
+    fpn = [rng.standard_normal((1, d, s * h, s * w), dtype=np.float32) for s in (4, 2, 1)]
+    feats = rng.standard_normal((context, 1, d), dtype=np.float32)
+    mask = np.arange(context)[None] >= n_valid
+    return fpn, feats, mask
