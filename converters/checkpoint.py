@@ -6,7 +6,6 @@ without the ``detector.`` prefix are accepted too.
 """
 
 import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -22,13 +21,13 @@ def load_checkpoint(path):
         raise Npsam3Error(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise Npsam3Error(f"{path} is not a plain PyTorch checkpoint (refusing to unpickle "
-                          f"objects other than tensors: {first})") from None
-    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+    except Exception as e:  # torch.load raises many types on foreign or damaged files
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
+            raise Npsam3Error(f"{path} is not a plain PyTorch checkpoint (it pickles objects "
+                              "other than tensors; refusing to unpickle them)") from None
         raise Npsam3Error(f"{path} is not a readable PyTorch checkpoint "
-                          f"(truncated or another format: {str(e).splitlines()[0][:160]})") from None
+                          f"(truncated or another format: {first})") from None
     return normalize_state_dict(ckpt, path)
 
 
