@@ -153,7 +153,8 @@ def interpolate_nearest(x, size):
 def _linear_source_indices(n_in, n_out):
     """PyTorch's align_corners=False source indices and weights, in float32 like the reference."""
     scale = f32(n_in) / f32(n_out)
-    src = np.maximum(scale * (np.arange(n_out, dtype=f32) + f32(0.5)) - f32(0.5), f32(0))
+    # scale * (i + 0.5) - 0.5 rounded once, as the fused multiply-add of torch's CPU kernel
+    src = np.maximum((np.float64(scale) * (np.arange(n_out) + 0.5) - 0.5).astype(f32), f32(0))
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     lam1 = np.clip(src - i0.astype(f32), 0, 1).astype(f32)
     i1 = np.where(i0 < n_in - 1, i0 + 1, i0)
@@ -178,9 +179,9 @@ def _roi_axis_weights(start, size, pooled, n):
     size = max(size, f32(1))
     bin_size = f32(size / f32(pooled))
     grid = max(int(math.ceil(size / f32(pooled))), 1)
-    t = (np.arange(pooled, dtype=f32)[:, None] * bin_size
-         + (np.arange(grid, dtype=f32)[None, :] + f32(0.5)) * bin_size / f32(grid))
-    pos = (f32(start) + t).reshape(-1)
+    # (start + p * bin) + (i + .5) * bin / grid, associated as in torchvision's kernel
+    pos = ((f32(start) + np.arange(pooled, dtype=f32) * bin_size)[:, None]
+           + (np.arange(grid, dtype=f32) + f32(0.5)) * bin_size / f32(grid)).reshape(-1)
     valid = (pos >= -1) & (pos <= n)
     pos = np.maximum(pos, 0)
     lo = pos.astype(np.int64)
