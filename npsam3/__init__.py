@@ -2,6 +2,8 @@
 
 from .detector import Detector, load_detector
 from .errors import Npsam3Error
+from .model import Model, load_model
+from .processor import Sam3Processor
 
 __version__ = "0.1.0"
-__all__ = ["Detector", "Npsam3Error", "load_detector"]
+__all__ = ["Detector", "Model", "Npsam3Error", "Sam3Processor", "load_detector", "load_model"]

@@ -39,3 +39,19 @@ def masks_to_image(mask_logits, height, width):
     for i, m in enumerate(mask_logits):  # one at a time: only [H, W] temporaries
         probs[i] = nn.sigmoid(nn.interpolate_bilinear(m, (height, width)))
     return probs, probs > 0.5
+
+
+def nms_masks(scores, mask_logits, iou_threshold):
+    """Greedy mask NMS as sam3.perflib.nms.nms_masks: on the low-resolution masks (logit > 0),
+    highest score first, drop every mask whose IoU with a kept one exceeds ``iou_threshold``.
+
+    scores [N], mask_logits [N, h, w] -> sorted indices of the survivors."""
+    binary = (mask_logits > 0).reshape(len(scores), -1).astype(f32)
+    inter = binary @ binary.T
+    area = np.diag(inter)
+    iou = inter / np.maximum(area[:, None] + area[None, :] - inter, 1)
+    keep = []
+    for i in np.argsort(-scores, kind="stable"):
+        if all(iou[i, j] <= iou_threshold for j in keep):
+            keep.append(i)
+    return np.sort(np.array(keep, np.int64))

@@ -4,6 +4,8 @@
     out = det.forward_grounding(backbone_fpn=[f0, f1, f2], language_features=..., language_mask=...)
 """
 
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from .decoder import transformer_decoder
 from .encoder import fusion_encoder
 from .geometry import geometry_encoder
 from .scoring import dot_product_scoring
-from .segmentation import segmentation_head
+from .segmentation import mask_logits, pixel_embeddings, semantic_logits
 
 f32 = np.float32
 DETECTOR_FILE = "detector.safetensors"
@@ -52,6 +54,13 @@ class Detector:
         self.decoder = _sub(weights, "transformer.decoder.")
         self.scoring = _sub(weights, "dot_prod_scoring.")
         self.segmentation = _sub(weights, "segmentation_head.")
+        self.timings = {}  # seconds per stage of the last forward_grounding
+
+    @contextmanager
+    def _timed(self, stage):
+        t = time.perf_counter()
+        yield
+        self.timings[stage] = time.perf_counter() - t
 
     def _check_inputs(self, backbone_fpn, language_features, language_mask, boxes, box_labels,
                       points, point_labels):
@@ -91,22 +100,19 @@ class Detector:
             prompts += [x, labels]
         return fpn, lf[:, 0], lm[0], prompts
 
-    def forward_grounding(self, backbone_fpn, language_features, language_mask, boxes=None,
-                          box_labels=None, points=None, point_labels=None, mask_queries=None,
-                          semantic=True):
-        """Sam3Image.forward_grounding for one image and one prompt.
+    def detect(self, backbone_fpn, language_features, language_mask, boxes=None, box_labels=None,
+               points=None, point_labels=None):
+        """Everything of Sam3Image.forward_grounding but the masks, for one image and one prompt.
 
         backbone_fpn: NCHW float32 [1,C,4h,4w], [1,C,2h,2w], [1,C,h,w]; language_features [L,1,C];
         language_mask [1,L] bool (True = padding); boxes [K,4] normalised cxcywh with box_labels
         [K] bool (True = positive); points [P,2] normalised xy with point_labels [P] bool.
-        mask_queries: indices of the queries whose masks to compute (default: all).
 
-        Returns the reference's outputs: pred_logits [1,Q,1], pred_boxes [1,Q,4] (cxcywh),
-        pred_boxes_xyxy [1,Q,4], presence_logit_dec [1,1], pred_masks [1,len(mask_queries),4h,4w],
-        semantic_seg [1,1,4h,4w] (None when semantic=False); and the intermediate stages:
-        prompt [L',1,C], prompt_mask [1,L'], geometry_features [G,1,C],
-        encoder_hidden_states [hw,1,C],
-        decoder_hidden_states [layers,1,Q,C], reference_boxes [layers,1,Q,4], queries [1,Q,C].
+        Returns pred_logits [1,Q,1], pred_boxes [1,Q,4] (cxcywh), pred_boxes_xyxy [1,Q,4],
+        presence_logit_dec [1,1] and the intermediate stages: prompt [L',1,C], prompt_mask [1,L'],
+        geometry_features [G,1,C], encoder_hidden_states [hw,1,C], decoder_hidden_states
+        [layers,1,Q,C], reference_boxes [layers,1,Q,4], queries [1,Q,C]. Pass the result to
+        predict_masks / predict_semantic_seg.
         """
         cfg = self.config
         fpn, lang, lang_mask, (boxes, box_labels, points, point_labels) = self._check_inputs(
@@ -115,31 +121,24 @@ class Detector:
         img_feat = fpn[2][0].reshape(d, -1).T  # [hw, C] tokens
         img_pos = nn.position_encoding_sine(h, w, d).reshape(d, -1).T
 
-        geo = geometry_encoder(self.geometry, cfg, img_feat, img_pos, (h, w), points, point_labels,
-                               boxes, box_labels)
+        self.timings = {}
+        with self._timed("geometry encoder"):
+            geo = geometry_encoder(self.geometry, cfg, img_feat, img_pos, (h, w), points,
+                                   point_labels, boxes, box_labels)
         prompt = np.concatenate([lang, geo], 0)
         prompt_mask = np.concatenate([lang_mask, np.zeros(len(geo), bool)])
-
-        memory = fusion_encoder(self.encoder, cfg, img_feat, img_pos, prompt, prompt_mask)
-        hs, refs, presence, boxes_out = transformer_decoder(self.decoder, cfg, memory, img_pos,
-                                                            (h, w), prompt, prompt_mask)
-        logits = dot_product_scoring(self.scoring, hs[-1], prompt, prompt_mask)
-
-        queries = hs[-1]
-        if mask_queries is not None:
-            mask_queries = np.asarray(mask_queries, np.int64).reshape(-1)
-            if mask_queries.size and (mask_queries.min() < 0 or mask_queries.max() >= len(queries)):
-                raise ValueError(f"mask_queries must index the {len(queries)} queries")
-            queries = queries[mask_queries]
-        masks, sem = segmentation_head(self.segmentation, cfg, [f[0] for f in fpn[:2]], memory,
-                                       (h, w), queries, prompt, prompt_mask, semantic)
+        with self._timed("fusion encoder"):
+            memory = fusion_encoder(self.encoder, cfg, img_feat, img_pos, prompt, prompt_mask)
+        with self._timed("decoder"):
+            hs, refs, presence, boxes_out = transformer_decoder(self.decoder, cfg, memory, img_pos,
+                                                                (h, w), prompt, prompt_mask)
+        with self._timed("scoring"):
+            logits = dot_product_scoring(self.scoring, hs[-1], prompt, prompt_mask)
         return {
             "pred_logits": logits[None],
             "pred_boxes": boxes_out[None],
             "pred_boxes_xyxy": nn.box_cxcywh_to_xyxy(boxes_out)[None],
             "presence_logit_dec": presence[-1:].reshape(1, 1),
-            "pred_masks": masks[None],
-            "semantic_seg": None if sem is None else sem[None],
             "prompt": prompt[:, None],
             "prompt_mask": prompt_mask[None],
             "geometry_features": geo[:, None],
@@ -147,7 +146,47 @@ class Detector:
             "decoder_hidden_states": hs[:, None],
             "reference_boxes": refs[:, None],
             "queries": hs[-1][None],
+            "backbone_fpn": fpn,
         }
+
+    def _pixel_embed(self, out):
+        """The segmentation head's pixel embedding [C, 4h, 4w], computed once per detect() result."""
+        if "pixel_embed" not in out:
+            with self._timed("segmentation head"):
+                fpn, memory = out["backbone_fpn"], out["encoder_hidden_states"][:, 0]
+                out["pixel_embed"] = pixel_embeddings(
+                    self.segmentation, self.config, [f[0] for f in fpn[:2]], memory,
+                    fpn[2].shape[-2:], out["prompt"][:, 0], out["prompt_mask"][0])
+        return out["pixel_embed"]
+
+    def predict_masks(self, out, mask_queries=None):
+        """Mask logits [1, len(mask_queries), 4h, 4w] of the given queries (default: all) of a
+        detect() result; the pixel embedding is computed on the first call and kept in ``out``."""
+        queries = out["queries"][0]
+        if mask_queries is not None:
+            mask_queries = np.asarray(mask_queries, np.int64).reshape(-1)
+            if mask_queries.size and (mask_queries.min() < 0 or mask_queries.max() >= len(queries)):
+                raise ValueError(f"mask_queries must index the {len(queries)} queries")
+            queries = queries[mask_queries]
+        pixel_embed = self._pixel_embed(out)
+        with self._timed("masks"):
+            return mask_logits(self.segmentation, queries, pixel_embed)[None]
+
+    def predict_semantic_seg(self, out):
+        """Semantic segmentation logits [1, 1, 4h, 4w] of a detect() result."""
+        return semantic_logits(self.segmentation, self._pixel_embed(out))[None]
+
+    def forward_grounding(self, backbone_fpn, language_features, language_mask, boxes=None,
+                          box_labels=None, points=None, point_labels=None, mask_queries=None,
+                          semantic=True):
+        """Sam3Image.forward_grounding for one image and one prompt: detect() plus pred_masks
+        [1, len(mask_queries), 4h, 4w] (all queries when mask_queries is None) and semantic_seg
+        [1, 1, 4h, 4w] (None when semantic=False)."""
+        out = self.detect(backbone_fpn, language_features, language_mask, boxes, box_labels,
+                          points, point_labels)
+        out["pred_masks"] = self.predict_masks(out, mask_queries)
+        out["semantic_seg"] = self.predict_semantic_seg(out) if semantic else None
+        return out
 
 
 def load_detector(bundle_dir, verify=True):

@@ -1,5 +1,10 @@
 """UniversalSegmentationHead with its PixelDecoder and MaskPredictor
-(sam3/model/maskformer_segmentation.py). Weights under ``segmentation_head.``."""
+(sam3/model/maskformer_segmentation.py). Weights under ``segmentation_head.``.
+
+The pixel embedding does not depend on the queries, so it is computed once and masks are then
+made for any subset of queries; the 1x1 instance_seg_head is folded into the query side:
+mask_embed . (W pixel + b) = (mask_embed W) . pixel + mask_embed . b.
+"""
 
 from .. import nn
 
@@ -24,20 +29,24 @@ def pixel_decoder(p, feats):
     return prev
 
 
-def segmentation_head(p, cfg, backbone_fpn, memory, feat_size, queries, prompt, prompt_mask,
-                      semantic=True):
-    """backbone_fpn: [C, 4h, 4w], [C, 2h, 2w] maps (the h x w level is replaced by the memory);
-    memory [HW, C]; queries [Q, C] from the last decoder layer.
-
-    Returns mask logits [Q, 4h, 4w] and, when asked, the semantic logits [1, 4h, 4w].
-    """
+def pixel_embeddings(p, cfg, backbone_fpn, memory, feat_size, prompt, prompt_mask):
+    """backbone_fpn: [C, 4h, 4w], [C, 2h, 2w] maps (the h x w level is the memory itself);
+    memory [HW, C] -> pixel embedding [C, 4h, 4w]."""
     h, w = feat_size
     memory = cross_attend_prompt(p, memory, prompt, prompt_mask, cfg["heads"])
-    pixel_embed = pixel_decoder(p, [backbone_fpn[0], backbone_fpn[1],
-                                    memory.T.reshape(-1, h, w)])
-    instance_embeds = nn.conv2d(pixel_embed, p, "instance_seg_head")
+    return pixel_decoder(p, [backbone_fpn[0], backbone_fpn[1], memory.T.reshape(-1, h, w)])
+
+
+def mask_logits(p, queries, pixel_embed):
+    """MaskPredictor on instance_seg_head(pixel_embed): queries [Q, C] -> mask logits [Q, 4h, 4w]."""
+    c, mh, mw = pixel_embed.shape
     mask_embed = nn.mlp(queries, p, "mask_predictor.mask_embed", 3)
-    c, mh, mw = instance_embeds.shape
-    masks = (mask_embed @ instance_embeds.reshape(c, -1)).reshape(len(queries), mh, mw)
-    sem = nn.conv2d(pixel_embed, p, "semantic_seg_head") if semantic else None
-    return masks, sem
+    w = p["instance_seg_head.weight"].reshape(c, c)
+    masks = (mask_embed @ w) @ pixel_embed.reshape(c, -1)
+    masks += (mask_embed @ p["instance_seg_head.bias"])[:, None]
+    return masks.reshape(len(queries), mh, mw)
+
+
+def semantic_logits(p, pixel_embed):
+    """semantic_seg_head: pixel embedding [C, 4h, 4w] -> semantic logits [1, 4h, 4w]."""
+    return nn.conv2d(pixel_embed, p, "semantic_seg_head")

@@ -1,0 +1,137 @@
+"""Detector speed and memory: npsam3 (NumPy) vs the PyTorch reference on the same random inputs.
+
+    python benchmarks/detector_benchmark.py [--runs 5] [--rounds 2] [--feat 72] [--native-blas]
+
+Each implementation runs in its own worker process (alternating, `--rounds` times), so each peak
+RSS is its own; per-stage times are medians over all runs after one warm-up per process. The
+weights are the seeded random detector of the tests (converted once into a bundle). Inputs: the
+three FPN levels of a 14 * feat px image (72 -> 1008 px) and a 5-token text prompt.
+--native-blas unsets OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE for the workers only.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+STAGES = ["geometry encoder", "fusion encoder", "decoder", "scoring", "segmentation head"]
+
+
+def inputs(feat):
+    rng = np.random.default_rng(1)
+    fpn = [rng.standard_normal((1, 256, s * feat, s * feat), dtype=np.float32) for s in (4, 2, 1)]
+    feats = rng.standard_normal((32, 1, 256), dtype=np.float32)
+    return fpn, feats, np.arange(32)[None] >= 5
+
+
+def run_numpy(bundle, feat, runs):
+    import npsam3
+
+    t = time.perf_counter()
+    det = npsam3.load_detector(bundle)
+    load = time.perf_counter() - t
+    fpn, feats, mask = inputs(feat)
+    times = []
+    for _ in range(runs + 1):
+        t = time.perf_counter()
+        det.forward_grounding(fpn, feats, mask)
+        times.append({"total": time.perf_counter() - t, **det.timings})
+    return times[1:], {"bundle load": load}
+
+
+def run_torch(feat, runs):
+    import torch
+
+    from converters.reference import build_reference_detector, randomize_, reference_forward_grounding
+
+    model = randomize_(build_reference_detector(), seed=0)
+    parts = {"geometry encoder": model.geometry_encoder, "fusion encoder": model.transformer.encoder,
+             "decoder": model.transformer.decoder, "scoring": model.dot_prod_scoring,
+             "segmentation head": model.segmentation_head}
+    timings = {}
+    for name, m in parts.items():
+        m.register_forward_pre_hook(lambda m, a, name=name: timings.__setitem__(name, -time.perf_counter()))
+        m.register_forward_hook(lambda m, a, o, name=name: timings.__setitem__(name, timings[name] + time.perf_counter()))
+    fpn, feats, mask = inputs(feat)
+    times = []
+    with torch.inference_mode():
+        for _ in range(runs + 1):
+            t = time.perf_counter()
+            reference_forward_grounding(model, fpn, feats, mask)
+            times.append({"total": time.perf_counter() - t, **timings})
+    return times[1:], {}
+
+
+def worker(args):
+    if args.worker == "numpy":
+        times, extra = run_numpy(args.bundle, args.feat, args.runs)
+    else:
+        times, extra = run_torch(args.feat, args.runs)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    print(json.dumps({"times": times, "peak_mib": peak, **extra}))
+
+
+def spawn(impl, args, bundle):
+    env = dict(os.environ)
+    if args.native_blas:
+        env.pop("OPENBLAS_CORETYPE", None)
+        env.pop("OPENBLAS_L2_SIZE", None)
+    cmd = [sys.executable, __file__, "--worker", impl, "--bundle", bundle,
+           "--feat", str(args.feat), "--runs", str(args.runs)]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5, help="timed runs per worker process")
+    ap.add_argument("--rounds", type=int, default=2, help="worker processes per implementation")
+    ap.add_argument("--feat", type=int, default=72, help="lowest FPN level size (72 = 1008 px)")
+    ap.add_argument("--native-blas", action="store_true")
+    ap.add_argument("--worker", choices=["numpy", "torch"], help=argparse.SUPPRESS)
+    ap.add_argument("--bundle", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if args.worker:
+        return worker(args)
+
+    from converters import export_detector
+    from converters.reference import build_reference_detector, randomize_
+
+    impls = ["numpy", "torch"]
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = os.path.join(tmp, "detector")
+        export_detector(randomize_(build_reference_detector(), seed=0).state_dict(), bundle)
+        results = {impl: [] for impl in impls}
+        for r in range(args.rounds):
+            for impl in impls:
+                print(f"round {r + 1}/{args.rounds}: {impl} ...", file=sys.stderr, flush=True)
+                results[impl].append(spawn(impl, args, bundle))
+
+    med = {impl: {s: 1000 * statistics.median(t[s] for res in rs for t in res["times"])
+                  for s in STAGES + ["total"]} for impl, rs in results.items()}
+    peak = {impl: max(res["peak_mib"] for res in rs) for impl, rs in results.items()}
+    blas = "native OpenBLAS kernels" if args.native_blas else \
+        f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
+    print(f"detector forward_grounding, {args.feat * 14} px ({args.feat}x{args.feat} features), "
+          f"text prompt, all {200} masks; medians of {args.rounds}x{args.runs} runs; {blas}; "
+          f"{os.cpu_count()} cores")
+    print(f"{'stage':20s} {'npsam3 ms':>10s} {'torch ms':>10s} {'ratio':>6s}")
+    for s in STAGES + ["total"]:
+        a, b = med["numpy"][s], med["torch"][s]
+        print(f"{s:20s} {a:10.1f} {b:10.1f} {a / b:6.2f}")
+    print(f"{'peak RSS (MiB)':20s} {peak['numpy']:10.0f} {peak['torch']:10.0f} "
+          f"{peak['numpy'] / peak['torch']:6.2f}")
+    load = statistics.median(res["bundle load"] for res in results["numpy"])
+    print(f"npsam3 bundle load: {1000 * load:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

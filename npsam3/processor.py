@@ -1,0 +1,148 @@
+"""Sam3Processor: the drop-in for sam3.model.sam3_image_processor.Sam3Processor, without torch.
+
+    model = npsam3.load_model("weights/bundle")
+    proc = npsam3.Sam3Processor(model, confidence_threshold=0.5)
+    state = proc.set_image(image)                 # one image-encoder run per image
+    state = proc.set_text_prompt("a dog", state)  # every prompt reuses the image embedding
+    state["masks"], state["boxes"], state["scores"]
+
+The state dict holds the image embedding, the prompts and the last detection; results are
+``masks`` bool [N, H, W], ``masks_logits`` float32 [N, H, W] (probabilities, named as in the
+reference), ``boxes`` float32 [N, 4] pixel xyxy and ``scores`` float32 [N], in query order.
+"""
+
+import warnings
+
+import numpy as np
+
+from .errors import Npsam3Error
+from .image import load_image, preprocess
+from .postprocess import boxes_to_pixels, masks_to_image, nms_masks, select_queries
+
+BOXES_ONLY_TEXT = "visual"  # the text the reference uses for prompts made of boxes alone
+RESULT_KEYS = ("masks", "masks_logits", "boxes", "scores", "semantic_seg")
+
+
+def _check_threshold(threshold):
+    if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise Npsam3Error(f"confidence threshold must be a number in [0, 1], got {threshold!r}")
+    return float(threshold)
+
+
+class Sam3Processor:
+    """Concept segmentation on a loaded bundle (see the module docstring).
+
+    Beyond the reference, both off by default so that defaults reproduce it exactly:
+    use_presence=False scores queries without the presence head; nms_iou=<float> removes kept
+    instances whose mask IoU with a higher-scoring one exceeds it. semantic=True also stores the
+    semantic segmentation logits [1, 1, 4h, 4w] in state["semantic_seg"].
+    """
+
+    def __init__(self, model, confidence_threshold=0.5, use_presence=True, nms_iou=None,
+                 semantic=False):
+        self.model = model
+        self.confidence_threshold = _check_threshold(confidence_threshold)
+        self.use_presence = use_presence
+        if nms_iou is not None:
+            nms_iou = _check_threshold(nms_iou)
+        self.nms_iou = nms_iou
+        self.semantic = semantic
+
+    def set_image(self, image, state=None):
+        """Encode an image (path, PIL image or uint8 [H, W, 3] array) once for all later prompts."""
+        state = {} if state is None else state
+        rgb = load_image(image)
+        state.clear()
+        state["original_height"], state["original_width"] = rgb.shape[:2]
+        fpn = self.model.image_encoder(preprocess(rgb, self.model.resolution))
+        state["backbone_out"] = {"backbone_fpn": fpn}
+        return state
+
+    def _encode_text(self, prompt, state):
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise Npsam3Error("the text prompt is empty")
+        ids, truncated = self.model.tokenizer.tokenize(prompt, self.model.context_length)
+        if truncated[0]:
+            warnings.warn(f"the prompt is longer than the model's {self.model.context_length} "
+                          "tokens and was truncated", stacklevel=3)
+        feats, mask = self.model.text_encoder(ids)
+        state["backbone_out"].update(language_features=feats, language_mask=mask)
+
+    def _require_image(self, state):
+        if "backbone_out" not in state:
+            raise Npsam3Error("call set_image before giving prompts")
+
+    def set_text_prompt(self, prompt, state):
+        """Set (replace) the text prompt and run the detector."""
+        self._require_image(state)
+        self._encode_text(prompt, state)
+        return self._forward_grounding(state)
+
+    def add_geometric_prompt(self, box, label, state):
+        """Add a box exemplar [cx, cy, w, h] normalised to [0, 1] (True = positive) and run the
+        detector; without a text prompt the text is "visual", as in the reference."""
+        self._require_image(state)
+        box = np.asarray(box, np.float64).reshape(-1) if _is_numeric(box) else None
+        if box is None or box.shape != (4,) or not np.isfinite(box).all():
+            raise Npsam3Error("a box must be 4 finite numbers [cx, cy, w, h] normalised to [0, 1]")
+        cx, cy, w, h = box
+        if w <= 0 or h <= 0:
+            raise Npsam3Error(f"box {box.tolist()} has zero or negative width/height")
+        eps = 1e-6
+        if cx - w / 2 < -eps or cy - h / 2 < -eps or cx + w / 2 > 1 + eps or cy + h / 2 > 1 + eps:
+            raise Npsam3Error(f"box {box.tolist()} (cx, cy, w, h) reaches outside the image [0, 1]")
+        if "language_features" not in state["backbone_out"]:
+            self._encode_text(BOXES_ONLY_TEXT, state)
+        prompt = state.setdefault("geometric_prompt", {"boxes": np.zeros((0, 4), np.float32),
+                                                       "labels": np.zeros(0, bool)})
+        prompt["boxes"] = np.concatenate([prompt["boxes"], box[None].astype(np.float32)])
+        prompt["labels"] = np.append(prompt["labels"], bool(label))
+        return self._forward_grounding(state)
+
+    def reset_all_prompts(self, state):
+        """Remove the prompts and the results; the image embedding stays."""
+        for key in ("language_features", "language_mask"):
+            state.get("backbone_out", {}).pop(key, None)
+        for key in ("geometric_prompt", "detection", *RESULT_KEYS):
+            state.pop(key, None)
+
+    def set_confidence_threshold(self, threshold, state=None):
+        """Change the threshold; with a state that has results, re-select the instances (the
+        detector is not run again: the last detection and its pixel embedding are reused)."""
+        self.confidence_threshold = _check_threshold(threshold)
+        if state is not None and "detection" in state:
+            return self._select(state)
+        return state
+
+    def _forward_grounding(self, state):
+        bo, geo = state["backbone_out"], state.get("geometric_prompt")
+        state["detection"] = self.model.detector.detect(
+            bo["backbone_fpn"], bo["language_features"], bo["language_mask"],
+            boxes=None if geo is None else geo["boxes"],
+            box_labels=None if geo is None else geo["labels"])
+        return self._select(state)
+
+    def _select(self, state):
+        """Threshold (and optionally NMS) the last detection; masks only for the kept queries."""
+        det, out = self.model.detector, state["detection"]
+        keep, scores = select_queries(out["pred_logits"], out["presence_logit_dec"],
+                                      self.confidence_threshold, self.use_presence)
+        h4, w4 = out["backbone_fpn"][0].shape[-2:]
+        logits = det.predict_masks(out, keep)[0] if len(keep) else np.zeros((0, h4, w4), np.float32)
+        if self.nms_iou is not None and len(keep):
+            survivors = nms_masks(scores, logits, self.nms_iou)
+            keep, scores, logits = keep[survivors], scores[survivors], logits[survivors]
+        height, width = state["original_height"], state["original_width"]
+        state["boxes"] = boxes_to_pixels(out["pred_boxes"][0, keep], height, width)
+        state["masks_logits"], state["masks"] = masks_to_image(logits, height, width)
+        state["scores"] = scores.astype(np.float32)
+        state["semantic_seg"] = det.predict_semantic_seg(out) if self.semantic else None
+        return state
+
+
+def _is_numeric(x):
+    try:
+        return all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                   for v in np.asarray(x, object).reshape(-1))
+    except (TypeError, ValueError):
+        return False
