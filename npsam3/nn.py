@@ -3,13 +3,57 @@
 Weights live in a flat dict under the reference's own names (``p["linear1.weight"]``); the layer
 functions take that dict and a name prefix so each call reads like its PyTorch counterpart.
 Sequences are token-major ``[N, C]`` (batch size 1); feature maps are ``[C, H, W]``.
+
+Speed: NumPy ufuncs run on one core and release the GIL, so the heavy functions here split their
+work into one contiguous share per core and run the shares on a thread pool, with BLAS held to one
+thread inside ``parallel_region()`` (the detector enters it once per call). Attention runs in
+per-head query blocks small enough to stay in cache; no heads x N x N tensor is ever made.
 """
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 f32 = np.float32
+LOG2E = f32(math.log2(math.e))
+
+# --- threads -----------------------------------------------------------------------------------
+
+_pool = None
+_blas = None
+
+
+def num_threads():
+    """Worker threads: NPSAM3_NUM_THREADS, else the cores this process may run on."""
+    return int(os.environ.get("NPSAM3_NUM_THREADS", 0)) or len(os.sched_getaffinity(0))
+
+
+@contextmanager
+def parallel_region():
+    """Hold BLAS to one thread (the thread pool provides the parallelism); restored on exit."""
+    global _blas
+    if _blas is None:
+        _blas = ThreadpoolController()
+    with _blas.limit(limits=1, user_api="blas"):
+        yield
+
+
+def parallel_for(fn, n, min_share=1):
+    """Call fn(start, stop) on one contiguous share of range(n) per thread; returns when all are
+    done (exceptions propagate). Runs inline for one thread or fewer than 2 * min_share items."""
+    global _pool
+    k = min(num_threads(), n // min_share)
+    if k <= 1:
+        return fn(0, n)
+    if _pool is None or _pool._max_workers < k:
+        _pool = ThreadPoolExecutor(max(k, num_threads()), thread_name_prefix="npsam3")
+    bounds = np.linspace(0, n, k + 1).astype(int)
+    for f in [_pool.submit(fn, a, b) for a, b in zip(bounds[:-1], bounds[1:])]:
+        f.result()
 
 
 # --- elementwise -------------------------------------------------------------------------------
@@ -32,17 +76,66 @@ def relu(x):
 
 # --- layers over a weight dict -----------------------------------------------------------------
 
+def matmul(a, b, bias=None):
+    """a @ b (+ bias [N]) for 2-D a [M, K], b [K, N], split over threads along the longer of M, N."""
+    m, n = a.shape[0], b.shape[1]
+    out = np.empty((m, n), f32)
+
+    def rows(i, j):
+        np.matmul(a[i:j], b, out=out[i:j])
+        if bias is not None:
+            out[i:j] += bias
+
+    def cols(i, j):
+        out[:, i:j] = a @ b[:, i:j] if bias is None else a @ b[:, i:j] + bias[i:j]
+
+    if m >= n:
+        parallel_for(rows, m, 64)
+    else:
+        parallel_for(cols, n, 256)
+    return out
+
+
 def linear(x, p, name):
     """nn.Linear: [..., in] -> [..., out]."""
-    return x @ p[f"{name}.weight"].T + p[f"{name}.bias"]
+    w, b = p[f"{name}.weight"], p[f"{name}.bias"]
+    if x.ndim != 2:
+        return x @ w.T + b
+    return matmul(x, w.T, b)
+
+
+def ffn(x, p, name):
+    """linear2(relu(linear1(x))) of a transformer layer, [N, C] -> [N, C], in row blocks so the
+    [block, dim_feedforward] hidden stays small."""
+    w1, b1 = p[f"{name}.linear1.weight"], p[f"{name}.linear1.bias"]
+    w2, b2 = p[f"{name}.linear2.weight"], p[f"{name}.linear2.bias"]
+    out = np.empty_like(x)
+
+    def rows(i, j):
+        for a in range(i, j, 256):
+            h = x[a:min(a + 256, j)] @ w1.T
+            h += b1
+            np.maximum(h, 0, out=h)
+            np.matmul(h, w2.T, out=out[a:a + len(h)])
+            out[a:a + len(h)] += b2
+    parallel_for(rows, len(x), 64)
+    return out
 
 
 def layer_norm(x, p, name, eps=1e-5):
-    """nn.LayerNorm over the last dimension."""
-    mean = x.mean(-1, keepdims=True)
-    xc = x - mean
-    var = np.mean(xc * xc, -1, keepdims=True)
-    return xc / np.sqrt(var + f32(eps)) * p[f"{name}.weight"] + p[f"{name}.bias"]
+    """nn.LayerNorm over the last dimension; [N, C] inputs are split over threads by rows."""
+    w, b = p[f"{name}.weight"], p[f"{name}.bias"]
+    out = np.empty(x.shape, f32)
+
+    def rows(i, j):
+        xc = x[i:j] - x[i:j].mean(-1, keepdims=True)
+        var = np.mean(xc * xc, -1, keepdims=True)
+        xc /= np.sqrt(var + f32(eps))
+        xc *= w
+        xc += b
+        out[i:j] = xc
+    parallel_for(rows, len(x), 256) if x.ndim == 2 else rows(None, None)
+    return out
 
 
 def mlp(x, p, name, num_layers, residual=False, out_norm=None):
@@ -60,14 +153,23 @@ def mlp(x, p, name, num_layers, residual=False, out_norm=None):
 
 
 def group_norm(x, p, name, num_groups, eps=1e-5):
-    """nn.GroupNorm on a [C, H, W] map."""
+    """nn.GroupNorm on a [C, H, W] map; groups are split over threads."""
     c = x.shape[0]
     g = x.reshape(num_groups, -1)
-    mean = g.mean(-1, keepdims=True)
-    gc = g - mean
-    var = np.mean(gc * gc, -1, keepdims=True)
-    y = (gc / np.sqrt(var + f32(eps))).reshape(x.shape)
-    return y * p[f"{name}.weight"].reshape(c, 1, 1) + p[f"{name}.bias"].reshape(c, 1, 1)
+    w, b = p[f"{name}.weight"], p[f"{name}.bias"]
+    out = np.empty(x.shape, f32)
+    per = c // num_groups
+
+    def groups(i, j):
+        for k in range(i, j):
+            gc = g[k] - g[k].mean()
+            std = np.sqrt(np.mean(gc * gc) + f32(eps))
+            y = gc.reshape(per, -1)
+            y *= (w[k * per:(k + 1) * per] / std)[:, None]
+            y += b[k * per:(k + 1) * per, None]
+            out[k * per:(k + 1) * per] = y.reshape(per, *x.shape[1:])
+    parallel_for(groups, num_groups)
+    return out
 
 
 def multi_head_attention(query, key, value, p, name, num_heads, attn_bias=None,
@@ -78,40 +180,78 @@ def multi_head_attention(query, key, value, p, name, num_heads, attn_bias=None,
     """
     e = query.shape[-1]
     w, b = p[f"{name}.in_proj_weight"], p[f"{name}.in_proj_bias"]
-    q = query @ w[:e].T + b[:e]
-    k = key @ w[e:2 * e].T + b[e:2 * e]
-    v = value @ w[2 * e:].T + b[2 * e:]
-    out = attention(q, k, v, num_heads, attn_bias, key_padding_mask)
+    q = matmul(query, w[:e].T, b[:e])
+    if len(query) * num_heads < e:  # few queries (geometry encoder): cheaper to fold W_k, W_v
+        out = attention_folded(q, key, value, w[e:2 * e], w[2 * e:], b[2 * e:], num_heads,
+                               attn_bias, key_padding_mask)
+    else:
+        k = matmul(key, w[e:2 * e].T, b[e:2 * e])
+        v = matmul(value, w[2 * e:].T, b[2 * e:])
+        out = attention(q, k, v, num_heads, attn_bias, key_padding_mask)
     return linear(out, p, f"{name}.out_proj")
 
 
-def attention(q, k, v, num_heads, attn_bias=None, key_padding_mask=None, block=512):
+def _mask_bias(key_padding_mask):
+    if key_padding_mask is None or not key_padding_mask.any():
+        return None
+    return np.where(key_padding_mask, f32(-np.inf), f32(0))
+
+
+def attention(q, k, v, num_heads, attn_bias=None, key_padding_mask=None, block=64):
     """Scaled dot-product attention over heads, [Nq, E] x [Nk, E] -> [Nq, E].
 
-    Queries are processed in blocks so the largest temporary is heads x block x Nk.
+    Work items are (head, block of queries); the scores of one item, [block, Nk], stay in cache.
+    Softmax in base 2 (log2(e) folded into the query scale: exp2 is twice as fast as exp), and
+    its denominators come from a column of ones appended to V.
     """
     nq, e = q.shape
-    nk = k.shape[0]
+    nk, hd = len(k), e // num_heads
+    qh = (q * (LOG2E / f32(math.sqrt(hd)))).reshape(nq, num_heads, hd).transpose(1, 0, 2).copy()
+    kh = k.reshape(nk, num_heads, hd).transpose(1, 2, 0).copy()  # [heads, hd, Nk]
+    vh = np.ones((num_heads, nk, hd + 1), f32)
+    vh[:, :, :hd] = v.reshape(nk, num_heads, hd).transpose(1, 0, 2)
+    mask_bias = _mask_bias(key_padding_mask)
+    out = np.empty((nq, e), f32)
+    items = [(h, a) for h in range(num_heads) for a in range(0, nq, block)]
+
+    def work(i, j):
+        sc = np.empty((block, nk), f32)
+        o = np.empty((block, hd + 1), f32)
+        for h, a in items[i:j]:
+            n = min(block, nq - a)
+            s = sc[:n]
+            np.matmul(qh[h, a:a + n], kh[h], out=s)
+            if attn_bias is not None:
+                s += attn_bias[h, a:a + n] * LOG2E
+            if mask_bias is not None:
+                s += mask_bias
+            s -= s.max(1, keepdims=True)
+            np.exp2(s, out=s)
+            np.matmul(s, vh[h], out=o[:n])
+            out[a:a + n, h * hd:(h + 1) * hd] = o[:n, :hd] / o[:n, hd:]
+    parallel_for(work, len(items))
+    return out
+
+
+def attention_folded(q, key, value, wk, wv, bv, num_heads, attn_bias=None, key_padding_mask=None):
+    """The same attention for few queries, without projecting every key and value:
+    q.(W_k m + b_k) = (W_k^T q).m + const (the constant cancels in the softmax), and
+    sum_j a_j (W_v m_j + b_v) = W_v (sum_j a_j m_j) + b_v. [Nq, E] x raw [Nk, E] inputs -> [Nq, E]."""
+    nq, e = q.shape
     hd = e // num_heads
-    qh = (q * f32(1 / math.sqrt(hd))).reshape(nq, num_heads, hd).transpose(1, 0, 2)
-    kh = k.reshape(nk, num_heads, hd).transpose(1, 2, 0)
-    vh = v.reshape(nk, num_heads, hd).transpose(1, 0, 2)
-    mask_bias = None
-    if key_padding_mask is not None and key_padding_mask.any():
-        mask_bias = np.where(key_padding_mask, f32(-np.inf), f32(0))
-    out = np.empty((nq, num_heads, hd), f32)
-    for s in range(0, nq, block):
-        sc = qh[:, s:s + block] @ kh  # [heads, b, Nk]
-        if attn_bias is not None:
-            sc += attn_bias[:, s:s + block]
-        if mask_bias is not None:
-            sc += mask_bias
-        sc -= sc.max(-1, keepdims=True)
-        np.exp(sc, out=sc)
-        o = sc @ vh
-        o /= sc.sum(-1, keepdims=True)
-        out[s:s + block] = o.transpose(1, 0, 2)
-    return out.reshape(nq, e)
+    qh = (q * (LOG2E / f32(math.sqrt(hd)))).reshape(nq, num_heads, hd)
+    qk = np.einsum("qhd,hde->qhe", qh, wk.reshape(num_heads, hd, e)).reshape(-1, e)
+    s = matmul(qk, key.T)  # [Nq * heads, Nk]
+    if attn_bias is not None:
+        s += attn_bias.transpose(1, 0, 2).reshape(s.shape) * LOG2E
+    mask_bias = _mask_bias(key_padding_mask)
+    if mask_bias is not None:
+        s += mask_bias
+    s -= s.max(1, keepdims=True)
+    np.exp2(s, out=s)
+    s /= s.sum(1, keepdims=True)
+    ctx = (s @ value).reshape(nq, num_heads, e)
+    return np.einsum("qhe,hde->qhd", ctx, wv.reshape(num_heads, hd, e)).reshape(nq, e) + bv
 
 
 # --- convolution and resampling on [C, H, W] maps --------------------------------------------
@@ -119,27 +259,53 @@ def attention(q, k, v, num_heads, attn_bias=None, key_padding_mask=None, block=5
 def conv2d(x, p, name, padding=0):
     """nn.Conv2d, stride 1: [Ci, H, W] -> [Co, Ho, Wo].
 
-    A k x k kernel is k*k GEMMs on shifted views of the zero-padded input, flattened row-major
-    with the padded width, so every shift is a contiguous slice (the wrap-around columns are cut).
+    A k x k kernel is k*k GEMMs on shifted views of the zero-padded input, flattened row-major with
+    the padded width, so every shift is a contiguous slice (the wrap-around columns are cut). Output
+    rows are split over threads and accumulated a few rows at a time, in cache.
     """
     w, b = p[f"{name}.weight"], p[f"{name}.bias"]
     co, ci, kh, kw = w.shape
     _, h, wd = x.shape
     if kh == kw == 1 and padding == 0:
-        return (w.reshape(co, ci) @ x.reshape(ci, -1) + b[:, None]).reshape(co, h, wd)
+        out = matmul(w.reshape(co, ci), x.reshape(ci, -1))
+        out += b[:, None]
+        return out.reshape(co, h, wd)
     hp, wp = h + 2 * padding, wd + 2 * padding
     ho, wo = hp - kh + 1, wp - kw + 1
     xp = np.zeros((ci, hp + 1, wp), f32)  # one spare row keeps the last shifted slice in bounds
     xp[:, padding:padding + h, padding:padding + wd] = x
     flat = xp.reshape(ci, -1)
-    out = np.zeros((co, ho * wp), f32)
-    tmp = np.empty_like(out)
-    for i in range(kh):
-        for j in range(kw):
-            off = i * wp + j
-            np.matmul(w[:, :, i, j], flat[:, off:off + ho * wp], out=tmp)
-            out += tmp
-    return out.reshape(co, ho, wp)[:, :, :wo] + b[:, None, None]
+    taps = np.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(kh * kw, co, ci)
+    offsets = [i * wp + j for i in range(kh) for j in range(kw)]
+    out = np.empty((co, ho, wo), f32)
+    step = max(1, (1 << 18) // (co * wp))  # rows per accumulation block: ~1 MB of output
+
+    def rows(r0, r1):
+        acc = np.empty((co, step * wp), f32)
+        tmp = np.empty_like(acc)
+        for ra in range(r0, r1, step):
+            n = (min(ra + step, r1) - ra) * wp
+            a, t = acc[:, :n], tmp[:, :n]
+            for k, off in enumerate(offsets):
+                src = flat[:, ra * wp + off:ra * wp + off + n]
+                np.matmul(taps[k], src, out=a if k == 0 else t)
+                if k:
+                    a += t
+            a += b[:, None]
+            out[:, ra:ra + n // wp] = a.reshape(co, -1, wp)[:, :, :wo]
+    parallel_for(rows, ho)
+    return out
+
+
+def upsample_add(cur, prev):
+    """cur + F.interpolate(prev, cur.shape[-2:], mode="nearest") for [C, H, W] maps; an exact
+    integer factor is a broadcast add, in one pass."""
+    (h, w), (ho, wo) = prev.shape[-2:], cur.shape[-2:]
+    if ho % h or wo % w:
+        return cur + interpolate_nearest(prev, (ho, wo))
+    out = cur.copy()
+    out.reshape(len(cur), h, ho // h, w, wo // w)[...] += prev[:, :, None, :, None]
+    return out
 
 
 def interpolate_nearest(x, size):

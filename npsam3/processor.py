@@ -82,6 +82,26 @@ class Sam3Processor:
         """Add a box exemplar [cx, cy, w, h] normalised to [0, 1] (True = positive) and run the
         detector; without a text prompt the text is "visual", as in the reference."""
         self._require_image(state)
+        self._append_box(box, label, state)
+        if "language_features" not in state["backbone_out"]:
+            self._encode_text(BOXES_ONLY_TEXT, state)
+        return self._forward_grounding(state)
+
+    def set_prompts(self, state, text=None, boxes=(), labels=()):
+        """Replace all prompts at once, a text and/or box exemplars ([cx, cy, w, h] normalised,
+        labels True = positive), and run the detector once (the reference API runs it per box)."""
+        self._require_image(state)
+        if text is None and not len(boxes):
+            raise Npsam3Error("give a text prompt, a box, or both")
+        if len(boxes) != len(labels):
+            raise Npsam3Error(f"{len(boxes)} boxes but {len(labels)} labels")
+        self.reset_all_prompts(state)
+        for box, label in zip(boxes, labels):
+            self._append_box(box, label, state)
+        self._encode_text(BOXES_ONLY_TEXT if text is None else text, state)
+        return self._forward_grounding(state)
+
+    def _append_box(self, box, label, state):
         box = np.asarray(box, np.float64).reshape(-1) if _is_numeric(box) else None
         if box is None or box.shape != (4,) or not np.isfinite(box).all():
             raise Npsam3Error("a box must be 4 finite numbers [cx, cy, w, h] normalised to [0, 1]")
@@ -91,13 +111,10 @@ class Sam3Processor:
         eps = 1e-6
         if cx - w / 2 < -eps or cy - h / 2 < -eps or cx + w / 2 > 1 + eps or cy + h / 2 > 1 + eps:
             raise Npsam3Error(f"box {box.tolist()} (cx, cy, w, h) reaches outside the image [0, 1]")
-        if "language_features" not in state["backbone_out"]:
-            self._encode_text(BOXES_ONLY_TEXT, state)
         prompt = state.setdefault("geometric_prompt", {"boxes": np.zeros((0, 4), np.float32),
                                                        "labels": np.zeros(0, bool)})
         prompt["boxes"] = np.concatenate([prompt["boxes"], box[None].astype(np.float32)])
         prompt["labels"] = np.append(prompt["labels"], bool(label))
-        return self._forward_grounding(state)
 
     def reset_all_prompts(self, state):
         """Remove the prompts and the results; the image embedding stays."""

@@ -57,10 +57,12 @@ class Detector:
         self.timings = {}  # seconds per stage of the last forward_grounding
 
     @contextmanager
-    def _timed(self, stage):
+    def _stage(self, name):
+        """Run a stage with the thread pool in charge of BLAS and record its wall time."""
         t = time.perf_counter()
-        yield
-        self.timings[stage] = time.perf_counter() - t
+        with nn.parallel_region():
+            yield
+        self.timings[name] = time.perf_counter() - t
 
     def _check_inputs(self, backbone_fpn, language_features, language_mask, boxes, box_labels,
                       points, point_labels):
@@ -122,17 +124,17 @@ class Detector:
         img_pos = nn.position_encoding_sine(h, w, d).reshape(d, -1).T
 
         self.timings = {}
-        with self._timed("geometry encoder"):
+        with self._stage("geometry encoder"):
             geo = geometry_encoder(self.geometry, cfg, img_feat, img_pos, (h, w), points,
                                    point_labels, boxes, box_labels)
         prompt = np.concatenate([lang, geo], 0)
         prompt_mask = np.concatenate([lang_mask, np.zeros(len(geo), bool)])
-        with self._timed("fusion encoder"):
+        with self._stage("fusion encoder"):
             memory = fusion_encoder(self.encoder, cfg, img_feat, img_pos, prompt, prompt_mask)
-        with self._timed("decoder"):
+        with self._stage("decoder"):
             hs, refs, presence, boxes_out = transformer_decoder(self.decoder, cfg, memory, img_pos,
                                                                 (h, w), prompt, prompt_mask)
-        with self._timed("scoring"):
+        with self._stage("scoring"):
             logits = dot_product_scoring(self.scoring, hs[-1], prompt, prompt_mask)
         return {
             "pred_logits": logits[None],
@@ -152,7 +154,7 @@ class Detector:
     def _pixel_embed(self, out):
         """The segmentation head's pixel embedding [C, 4h, 4w], computed once per detect() result."""
         if "pixel_embed" not in out:
-            with self._timed("segmentation head"):
+            with self._stage("segmentation head"):
                 fpn, memory = out["backbone_fpn"], out["encoder_hidden_states"][:, 0]
                 out["pixel_embed"] = pixel_embeddings(
                     self.segmentation, self.config, [f[0] for f in fpn[:2]], memory,
@@ -169,12 +171,14 @@ class Detector:
                 raise ValueError(f"mask_queries must index the {len(queries)} queries")
             queries = queries[mask_queries]
         pixel_embed = self._pixel_embed(out)
-        with self._timed("masks"):
+        with self._stage("masks"):
             return mask_logits(self.segmentation, queries, pixel_embed)[None]
 
     def predict_semantic_seg(self, out):
         """Semantic segmentation logits [1, 1, 4h, 4w] of a detect() result."""
-        return semantic_logits(self.segmentation, self._pixel_embed(out))[None]
+        pixel_embed = self._pixel_embed(out)
+        with self._stage("semantic map"):
+            return semantic_logits(self.segmentation, pixel_embed)[None]
 
     def forward_grounding(self, backbone_fpn, language_features, language_mask, boxes=None,
                           box_labels=None, points=None, point_labels=None, mask_queries=None,

@@ -47,8 +47,7 @@ def decoder_layer(tgt, presence, query_pos, p, name, heads, prompt, prompt_mask,
     ca = nn.multi_head_attention(x + pos, memory + memory_pos, memory, p, f"{name}.cross_attn",
                                  heads, attn_bias=bias)
     x = nn.layer_norm(x + ca, p, f"{name}.norm1")
-    ffn = nn.linear(nn.relu(nn.linear(x, p, f"{name}.linear1")), p, f"{name}.linear2")
-    x = nn.layer_norm(x + ffn, p, f"{name}.norm3")
+    x = nn.layer_norm(x + nn.ffn(x, p, name), p, f"{name}.norm3")
     return x[1:], x[:1]
 
 

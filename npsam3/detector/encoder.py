@@ -20,8 +20,7 @@ def encoder_layer(tgt, p, name, heads, memory, tgt_pos=None, memory_pos=None,
     key = memory if memory_pos is None else memory + memory_pos
     tgt = tgt + nn.multi_head_attention(t2, key, memory, p, f"{name}.cross_attn_image", heads,
                                         key_padding_mask=memory_key_padding_mask)
-    t2 = nn.layer_norm(tgt, p, f"{name}.norm3")
-    return tgt + nn.linear(nn.relu(nn.linear(t2, p, f"{name}.linear1")), p, f"{name}.linear2")
+    return tgt + nn.ffn(nn.layer_norm(tgt, p, f"{name}.norm3"), p, name)
 
 
 def fusion_encoder(p, cfg, img_feat, img_pos, prompt, prompt_mask):

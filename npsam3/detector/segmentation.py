@@ -23,7 +23,7 @@ def pixel_decoder(p, feats):
     """
     prev = feats[-1]
     for i, cur in enumerate(feats[-2::-1]):
-        prev = cur + nn.interpolate_nearest(prev, cur.shape[-2:])
+        prev = nn.upsample_add(cur, prev)
         prev = nn.conv2d(prev, p, f"pixel_decoder.conv_layers.{i}", padding=1)
         prev = nn.relu(nn.group_norm(prev, p, f"pixel_decoder.norms.{i}", 8))
     return prev
@@ -42,7 +42,7 @@ def mask_logits(p, queries, pixel_embed):
     c, mh, mw = pixel_embed.shape
     mask_embed = nn.mlp(queries, p, "mask_predictor.mask_embed", 3)
     w = p["instance_seg_head.weight"].reshape(c, c)
-    masks = (mask_embed @ w) @ pixel_embed.reshape(c, -1)
+    masks = nn.matmul(mask_embed @ w, pixel_embed.reshape(c, -1))
     masks += (mask_embed @ p["instance_seg_head.bias"])[:, None]
     return masks.reshape(len(queries), mh, mw)
 

@@ -1,0 +1,137 @@
+"""SAM3-family ``Sam3Image`` models built on CPU from the installed ``sam3`` package (no download).
+
+``build_sam3_image_model`` is the published SAM3 configuration (ViT trunk 1024 wide, 32 blocks;
+VE text encoder 1024 wide, 24 layers); ``build_tiny_sam3_image_model`` keeps the real detector and
+neck and shrinks the ViT trunk and the text encoder, for fast tests of the export path.
+Everything here needs torch and sam3 (the ``convert`` extra).
+"""
+
+import os
+
+import torch
+
+from .reference import patch_sam3_for_cpu, randomize_
+
+RESOLUTION = 1008  # input side of every SAM3-family image model; the detector sees 1008 / 14 = 72
+CONTEXT_LENGTH = 32  # SAM3's text context length
+
+
+def default_bpe_path():
+    """The CLIP BPE vocabulary (not in the sam3 wheel; open_clip_torch ships the same file)."""
+    import open_clip
+
+    return os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
+
+
+def _assemble(vision_neck, text_encoder):
+    """Sam3Image in eval mode on CPU: the given backbone parts plus the published detector
+    (transformer, geometry encoder, segmentation head, dot-product scoring), as model_builder
+    makes them."""
+    from sam3 import model_builder as mb
+
+    model = mb._create_sam3_model(
+        backbone=mb._create_vl_backbone(vision_neck, text_encoder),
+        transformer=mb._create_sam3_transformer(),
+        input_geometry_encoder=mb._create_geometry_encoder(),
+        segmentation_head=mb._create_segmentation_head(),
+        dot_prod_scoring=mb._create_dot_product_scoring(),
+        inst_interactive_predictor=None,
+        eval_mode=True,
+    )
+    return model.eval()
+
+
+def load_sam3_checkpoint(model, checkpoint_path):
+    """Load the ``detector.*`` weights of a published checkpoint (``{"model": {key: tensor}}``)
+    into ``model``. Raises if the checkpoint lacks any of the model's keys other than the ViT's
+    RoPE tables (``freqs_cis``, computed from the configuration); returns the sorted detector
+    keys the model does not use (e.g. the SAM2 neck ``sam2_convs``)."""
+    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    if isinstance(ckpt.get("model"), dict):
+        ckpt = ckpt["model"]
+    prefix = "detector."
+    state = {k[len(prefix):]: v for k, v in ckpt.items() if k.startswith(prefix)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith(".freqs_cis")]
+    if missing:
+        raise ValueError(f"{checkpoint_path} lacks {len(missing)} keys of the SAM3 image model, "
+                         f"e.g. {missing[:5]}")
+    return sorted(unexpected)
+
+
+def build_sam3_image_model(checkpoint_path=None, bpe_path=None):
+    """The published SAM3 image model (no instance-interactivity head) on CPU, in eval mode.
+
+    With ``checkpoint_path`` its ``detector.*`` weights are loaded (every model key must be
+    present); without, the weights stay as sam3 initialises them (random, unseeded; use
+    ``randomize_`` for reproducible non-trivial weights).
+    """
+    patch_sam3_for_cpu()
+    from sam3 import model_builder as mb
+
+    model = _assemble(
+        mb._create_vision_backbone(enable_inst_interactivity=False),
+        mb._create_text_encoder(bpe_path or default_bpe_path()),
+    )
+    if checkpoint_path is not None:
+        load_sam3_checkpoint(model, checkpoint_path)
+    return model
+
+
+def _tiny_vit(embed_dim, depth, num_heads):
+    """SAM3's ViT trunk (patch 14, tiled absolute position embedding from a 336 pretraining size,
+    window 24 with the last block global, interpolated 2-D RoPE, ln_pre) at a reduced size."""
+    from sam3.model.vitdet import ViT
+
+    return ViT(
+        img_size=RESOLUTION,
+        pretrain_img_size=336,
+        patch_size=14,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=4.625,
+        norm_layer="LayerNorm",
+        drop_path_rate=0.0,
+        qkv_bias=True,
+        use_abs_pos=True,
+        tile_abs_pos=True,
+        global_att_blocks=(depth - 1,),
+        rel_pos_blocks=(),
+        use_rope=True,
+        use_interp_rope=True,
+        window_size=24,
+        pretrain_use_cls_token=True,
+        retain_cls_token=False,
+        ln_pre=True,
+        ln_post=False,
+        return_interm_layers=False,
+        bias_patch_embed=False,
+    )
+
+
+def build_tiny_sam3_image_model(seed, bpe_path=None, embed_dim=128, depth=2, num_heads=4,
+                                text_width=256, text_layers=2, text_heads=4):
+    """A small Sam3Image for fast tests, in eval mode on CPU with ``randomize_(model, seed)``
+    weights: the real detector and ``Sam3DualViTDetNeck`` (d_model 256, scales 4, 2, 1, 0.5), a
+    reduced ViT trunk (``depth`` blocks, the last global, RoPE on) and a reduced ``VETextEncoder``
+    (context length 32). Input resolution 1008, so the detector sees 72x72 as with SAM3.
+    ``embed_dim / num_heads`` must be a multiple of 4 (2-D RoPE)."""
+    patch_sam3_for_cpu()
+    from sam3 import model_builder as mb
+    from sam3.model.text_encoder_ve import VETextEncoder
+    from sam3.model.tokenizer_ve import SimpleTokenizer
+
+    neck = mb._create_vit_neck(
+        mb._create_position_encoding(precompute_resolution=RESOLUTION),
+        _tiny_vit(embed_dim, depth, num_heads),
+    )
+    text = VETextEncoder(
+        d_model=256,
+        tokenizer=SimpleTokenizer(bpe_path=bpe_path or default_bpe_path()),
+        width=text_width,
+        heads=text_heads,
+        layers=text_layers,
+        context_length=CONTEXT_LENGTH,
+    )
+    return randomize_(_assemble(neck, text), seed)
