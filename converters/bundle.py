@@ -46,3 +46,80 @@ def write_manifest(bundle_dir, **fields):
                 "npsam3_version": npsam3.__version__, **fields, "files": files}
     (bundle_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+PREPROCESSING = ("RGB uint8 resized to resolution x resolution (bilinear, antialiased, as "
+                 "torchvision v2.Resize on uint8), /255, (x - 0.5) / 0.5, NCHW float32")
+ENCODER_TOL = 1e-4  # max relative error of the ONNX encoders against PyTorch at export
+
+
+def export_bundle(model, out_dir, *, context_length, bpe_path=None, verify=True, force=False,
+                  resolution=1008, model_info=None, verify_image=None):
+    """Write a complete bundle for a built SAM3-family ``Sam3Image`` (torch, eval mode):
+    detector.safetensors, image_encoder.onnx, text_encoder.onnx, the BPE vocabulary and
+    manifest.json. With ``verify``, onnxruntime is run against PyTorch on ``verify_image`` (a
+    [1,3,R,R] preprocessed image; default: a smooth synthetic one) and a few prompts, and the export
+    fails if any encoder output differs by more than ENCODER_TOL (relative). Returns the manifest."""
+    from npsam3.detector import DETECTOR_FILE
+    from npsam3.tokenizer import SimpleTokenizer
+    from safetensors.numpy import save_file
+
+    from .detector import detector_arrays
+    from .models import default_bpe_path
+    from .onnx_export import (export_image_encoder, export_text_encoder, verify_image_encoder,
+                              verify_text_encoder)
+
+    bpe_path = Path(bpe_path or default_bpe_path())
+    arrays, cfg = detector_arrays(model.state_dict(), "model")
+    with staged_bundle(out_dir, force) as tmp:
+        print(f"writing the detector ({sum(a.size for a in arrays.values()) / 1e6:.1f}M parameters)",
+              flush=True)
+        save_file(arrays, str(tmp / DETECTOR_FILE))
+        export_image_encoder(model, tmp / "image_encoder.onnx", resolution)
+        export_text_encoder(model, tmp / "text_encoder.onnx", context_length)
+        shutil.copyfile(bpe_path, tmp / BPE_FILE)
+        verification = {}
+        if verify:
+            print("verifying the ONNX encoders against PyTorch ...", flush=True)
+            image = verify_image if verify_image is not None else sample_image(resolution)
+            ids = SimpleTokenizer(tmp / BPE_FILE)(VERIFY_PROMPTS, context_length)
+            errors = {**verify_image_encoder(model, tmp / "image_encoder.onnx", image),
+                      **verify_text_encoder(model, tmp / "text_encoder.onnx", ids)}
+            verification = {k: v["max_rel"] for k, v in errors.items()}
+            for name, rel in verification.items():
+                print(f"  {name}: max relative error {rel:.1e}", flush=True)
+            bad = {k: v for k, v in verification.items() if v > ENCODER_TOL}
+            if bad:
+                raise Npsam3Error("the ONNX encoders differ from PyTorch beyond "
+                                  f"{ENCODER_TOL:g}: " + ", ".join(f"{k} {v:.1e}" for k, v in bad.items()))
+        return write_manifest(
+            tmp, model=model_info or {"family": "sam3"}, detector=cfg,
+            image_encoder={"file": "image_encoder.onnx", "resolution": resolution,
+                           "input": "image", "outputs": ["backbone_fpn_0", "backbone_fpn_1",
+                                                         "backbone_fpn_2"],
+                           "preprocessing": PREPROCESSING, "opset": 17},
+            text_encoder={"file": "text_encoder.onnx", "context_length": context_length,
+                          "opset": 17},
+            tokenizer={"file": BPE_FILE}, verification=verification)
+
+
+VERIFY_PROMPTS = ["a dog", "visual", "red car on the left side of the street",
+                  "the small white cup and saucer next to a spoon on a wooden table " * 3]
+
+
+SAMPLE_PHOTO = Path(__file__).resolve().parent.parent / "assets" / "coffee.jpg"
+
+
+def sample_image(resolution):
+    """The shipped sample photo, preprocessed to [1, 3, R, R] (a smooth synthetic image when the
+    converter runs outside a repository checkout)."""
+    import numpy as np
+
+    from npsam3.image import load_image, preprocess
+
+    if SAMPLE_PHOTO.is_file():
+        return preprocess(load_image(SAMPLE_PHOTO), resolution)
+    yy, xx = np.mgrid[0:resolution, 0:resolution] / resolution
+    img = np.stack([np.sin(6 * xx + c) * np.cos(5 * yy - c) for c in range(3)])
+    return img[None].astype(np.float32)

@@ -16,6 +16,11 @@ from npsam3.errors import Npsam3Error
 def load_checkpoint(path):
     """{key: tensor} of the image model in a .pt/.pth file, ``detector.`` prefix removed,
     ``tracker.*`` dropped. Raises Npsam3Error for a missing, unreadable or non-checkpoint file."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path):
+    """(state dict as load_checkpoint gives it, the checkpoint's top-level "meta" dict or None)."""
     path = Path(path)
     if not path.is_file():
         raise Npsam3Error(f"checkpoint {path} does not exist")
@@ -28,7 +33,8 @@ def load_checkpoint(path):
                               "other than tensors; refusing to unpickle them)") from None
         raise Npsam3Error(f"{path} is not a readable PyTorch checkpoint "
                           f"(truncated or another format: {first})") from None
-    return normalize_state_dict(ckpt, path)
+    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None
+    return normalize_state_dict(ckpt, path), meta if isinstance(meta, dict) else None
 
 
 def normalize_state_dict(ckpt, source="state dict"):

@@ -1,38 +1,110 @@
-"""npsam3-convert: turn a SAM3-family checkpoint into an npsam3 bundle."""
+"""npsam3-convert: turn a SAM3-family checkpoint into an npsam3 bundle, or check a bundle's parity.
+
+    npsam3-convert CHECKPOINT OUT_DIR [--family ...] [--backbone ...] [--variant ...]
+                   [--text-encoder ...] [--context-length N] [--detector-only] [--force]
+    npsam3-convert --parity CHECKPOINT_OR_BUNDLE IMAGE PROMPT [--threshold T]
+"""
 
 import argparse
 import sys
+from pathlib import Path
 
 from npsam3.errors import Npsam3Error
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser():
-    p = argparse.ArgumentParser(
-        prog="npsam3-convert",
-        description="Convert a SAM3 / SAM3-LiteText / EfficientSAM3 checkpoint into an npsam3 bundle.")
-    p.add_argument("checkpoint", help="checkpoint file (.pt / .pth)")
-    p.add_argument("out_dir", help="bundle folder to create")
+    p = Parser(prog="npsam3-convert", description=(
+        "Convert a SAM3 / SAM3-LiteText / EfficientSAM3 checkpoint into an npsam3 bundle "
+        "(family, image trunk, text encoder and context length are read from the checkpoint; "
+        "flags only fill in what it cannot tell), or with --parity compare PyTorch and npsam3 "
+        "on an image and a prompt."))
+    p.add_argument("source", metavar="CHECKPOINT", help="checkpoint file (.pt / .pth); with "
+                   "--parity a checkpoint or a bundle folder")
+    p.add_argument("target", metavar="OUT_DIR", help="bundle folder to create; with --parity the IMAGE")
+    p.add_argument("prompt", nargs="?", metavar="PROMPT", help="with --parity: the text prompt")
+    p.add_argument("--parity", action="store_true",
+                   help="run PyTorch and npsam3 on IMAGE and PROMPT and print the error per stage")
+    p.add_argument("--threshold", type=float, default=0.5, help="--parity score threshold")
     p.add_argument("--detector-only", action="store_true",
                    help="export only the detector (detector.safetensors + manifest.json)")
     p.add_argument("--force", action="store_true", help="replace an existing non-empty OUT_DIR")
+    p.add_argument("--family", help="sam3 | sam3-litetext | efficientsam3")
+    p.add_argument("--backbone", help="vit-h | repvit | tinyvit | efficientvit")
+    p.add_argument("--variant", help="image trunk size, e.g. m1.1, 11m, b1")
+    p.add_argument("--text-encoder", help="e.g. MobileCLIP-S0, MobileCLIP-S1, MobileCLIP2-L")
+    p.add_argument("--context-length", type=int, help="text context length (tokens)")
+    p.add_argument("--bpe", help="BPE vocabulary (default: the one open_clip_torch ships)")
+    p.add_argument("--no-verify", action="store_true", help="skip the ONNX-vs-PyTorch check")
     return p
 
 
-def run(args):
+def model_from_checkpoint(path, args):
+    """Read a checkpoint, recognise its variant (flags may only fill in) and build the model."""
+    from .checkpoint import read_checkpoint
+    from .models import build_image_model, describe
+    from .variants import check_overrides, detect_variant
+
+    print(f"reading {path} ...", flush=True)
+    state, meta = read_checkpoint(path)
+    variant = detect_variant({k: v.shape for k, v in state.items()}, meta)
+    variant = check_overrides(variant, args.family, args.backbone, args.variant,
+                              args.text_encoder, args.context_length)
+    print(f"recognised {describe(variant)}; building it ...", flush=True)
+    return build_image_model(variant, state, args.bpe, path.name), variant
+
+
+def convert(args):
+    from .bundle import export_bundle
     from .detector import export_detector
 
-    if not args.detector_only:
-        raise Npsam3Error("full bundle export is not available yet; use --detector-only")
-    manifest = export_detector(args.checkpoint, args.out_dir, force=args.force)
-    cfg = manifest["detector"]
-    print(f"wrote {args.out_dir}: detector with {cfg['encoder_layers']} encoder / "
-          f"{cfg['decoder_layers']} decoder layers, {cfg['num_queries']} queries")
+    source = Path(args.source)
+    if args.detector_only:
+        manifest = export_detector(source, args.target, force=args.force)
+    else:
+        model, v = model_from_checkpoint(source, args)
+        manifest = export_bundle(
+            model, args.target, context_length=v["context_length"], bpe_path=args.bpe,
+            verify=not args.no_verify, force=args.force,
+            model_info={k: v[k] for k in ("family", "backbone", "variant", "text_encoder")})
+    print(f"wrote bundle {args.target} ({', '.join(manifest['files'])})")
+
+
+def parity(args):
+    import tempfile
+
+    from .bundle import export_bundle
+    from .parity import parity_report
+
+    if args.prompt is None:
+        raise Npsam3Error("--parity needs CHECKPOINT_OR_BUNDLE IMAGE PROMPT")
+    source = Path(args.source)
+    if source.is_dir():
+        print(parity_report(None, source, args.target, args.prompt, args.threshold))
+        return
+    model, v = model_from_checkpoint(source, args)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(tmp) / "bundle"
+        export_bundle(model, bundle, context_length=v["context_length"], bpe_path=args.bpe,
+                      verify=False)
+        print(parity_report(model, bundle, args.target, args.prompt, args.threshold))
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        run(args)
+        if args.parity:
+            parity(args)
+        elif args.prompt is not None:
+            raise Npsam3Error(f"unexpected argument {args.prompt!r} (PROMPT goes with --parity)")
+        else:
+            convert(args)
     except Npsam3Error as e:
         print(f"npsam3-convert: error: {e}", file=sys.stderr)
         return 1

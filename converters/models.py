@@ -6,9 +6,10 @@ neck and shrinks the ViT trunk and the text encoder, for fast tests of the expor
 Everything here needs torch and sam3 (the ``convert`` extra).
 """
 
+import importlib.util
 import os
 
-import torch
+from npsam3.errors import Npsam3Error
 
 from .reference import patch_sam3_for_cpu, randomize_
 
@@ -41,28 +42,22 @@ def _assemble(vision_neck, text_encoder):
     return model.eval()
 
 
-def load_sam3_checkpoint(model, checkpoint_path):
-    """Load the ``detector.*`` weights of a published checkpoint (``{"model": {key: tensor}}``)
-    into ``model``. Raises if the checkpoint lacks any of the model's keys other than the ViT's
-    RoPE tables (``freqs_cis``, computed from the configuration); returns the sorted detector
-    keys the model does not use (e.g. the SAM2 neck ``sam2_convs``)."""
-    ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    if isinstance(ckpt.get("model"), dict):
-        ckpt = ckpt["model"]
-    prefix = "detector."
-    state = {k[len(prefix):]: v for k, v in ckpt.items() if k.startswith(prefix)}
+def load_state(model, state, source):
+    """Load a normalised state dict (converters.checkpoint) into ``model``; every model tensor but
+    the ViT's RoPE tables (``freqs_cis``, computed from the configuration) must be present.
+    Returns the sorted checkpoint keys the model does not use (e.g. the SAM2 neck ``sam2_convs``)."""
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith(".freqs_cis")]
     if missing:
-        raise ValueError(f"{checkpoint_path} lacks {len(missing)} keys of the SAM3 image model, "
-                         f"e.g. {missing[:5]}")
+        raise Npsam3Error(f"{source} lacks {len(missing)} tensors of the image model, "
+                          f"e.g. {', '.join(missing[:3])}")
     return sorted(unexpected)
 
 
-def build_sam3_image_model(checkpoint_path=None, bpe_path=None):
+def build_sam3_image_model(state=None, bpe_path=None, source="checkpoint"):
     """The published SAM3 image model (no instance-interactivity head) on CPU, in eval mode.
 
-    With ``checkpoint_path`` its ``detector.*`` weights are loaded (every model key must be
+    With ``state`` (a normalised state dict) its weights are loaded (every model key must be
     present); without, the weights stay as sam3 initialises them (random, unseeded; use
     ``randomize_`` for reproducible non-trivial weights).
     """
@@ -73,9 +68,49 @@ def build_sam3_image_model(checkpoint_path=None, bpe_path=None):
         mb._create_vision_backbone(enable_inst_interactivity=False),
         mb._create_text_encoder(bpe_path or default_bpe_path()),
     )
-    if checkpoint_path is not None:
-        load_sam3_checkpoint(model, checkpoint_path)
+    if state is not None:
+        load_state(model, state, source)
     return model
+
+
+def is_efficientsam3_fork():
+    """True when the importable ``sam3`` is the EfficientSAM3 fork (it has student text encoders)."""
+    return importlib.util.find_spec("sam3.model.text_encoder_student") is not None
+
+
+def build_image_model(variant, state, bpe_path=None, source="checkpoint"):
+    """Build the image model that converters.variants.detect_variant recognised and load ``state``.
+
+    SAM3 builds with PyPI sam3 (or the fork); SAM3-LiteText and EfficientSAM3 need the fork."""
+    fork = is_efficientsam3_fork()
+    if variant["family"] == "sam3" and not fork:
+        return build_sam3_image_model(state, bpe_path, source)
+    if not fork:
+        raise Npsam3Error(
+            f"{source} is {describe(variant)}; building it needs the EfficientSAM3 fork of sam3 "
+            "(github SimonZeng7108/efficientsam3) installed in place of PyPI sam3: "
+            "pip install -e <clone>/sam3 opencv-python-headless einops pycocotools omegaconf")
+    from sam3 import model_builder
+
+    if variant["truncate_after_load"]:
+        raise Npsam3Error(f"{source} keeps MobileCLIP's 77-token positional table; rebuilding it "
+                          f"at context length {variant['context_length']} is not supported yet")
+    model = getattr(model_builder, variant["builder"])(
+        bpe_path=bpe_path or default_bpe_path(), device="cpu", eval_mode=True,
+        checkpoint_path=None, load_from_HF=False, **variant["builder_kwargs"])
+    load_state(model, state, source)
+    return model.eval()
+
+
+def describe(variant):
+    """'EfficientSAM3 (RepViT m1.1 image trunk, MobileCLIP-S1 text encoder, 32 tokens)'."""
+    trunk = {"vit-h": "ViT-H", "repvit": "RepViT", "tinyvit": "TinyViT",
+             "efficientvit": "EfficientViT"}[variant["backbone"]]
+    text = "SAM3's text encoder" if variant["text_encoder"] == "ve-text" else variant["text_encoder"]
+    family = {"sam3": "SAM3", "sam3-litetext": "SAM3-LiteText",
+              "efficientsam3": "EfficientSAM3"}[variant["family"]]
+    return (f"{family} ({trunk}{' ' + variant['variant'] if variant.get('variant') else ''} image "
+            f"trunk, {text} text encoder, {variant['context_length']} tokens)")
 
 
 def _tiny_vit(embed_dim, depth, num_heads):

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import parity
+
 IMAGE_INPUT = "image"
 IMAGE_OUTPUTS = ("backbone_fpn_0", "backbone_fpn_1", "backbone_fpn_2")
 TEXT_INPUT = "input_ids"
@@ -192,16 +194,9 @@ def ort_session(onnx_path):
 
 
 def compare(actual, expected):
-    """Errors of ``actual`` against the reference ``expected`` (same non-empty shape):
-    ``max_abs`` = max |actual - expected|, ``max_rel`` = max_abs / max |expected| (max_abs itself
-    when the reference is all zeros). Boolean arrays are compared as 0/1."""
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    if actual.shape != expected.shape:
-        raise ValueError(f"shape {actual.shape} differs from the reference's {expected.shape}")
-    max_abs = float(np.abs(actual - expected).max())
-    scale = float(np.abs(expected).max())
-    return {"max_abs": max_abs, "max_rel": max_abs / scale if scale else max_abs}
+    """{"max_abs": max |actual - expected|, "max_rel": max_abs / max |expected|} (parity.compare)."""
+    max_abs, max_rel = parity.compare(actual, expected)
+    return {"max_abs": max_abs, "max_rel": max_rel}
 
 
 def verify_image_encoder(model, onnx_path, image):

@@ -1,6 +1,8 @@
 """Stage-by-stage comparison of npsam3 with the PyTorch reference: the numbers behind the golden
 tests, the README's parity table and ``npsam3-convert --parity``."""
 
+from pathlib import Path
+
 import numpy as np
 
 # (stage, output key) in data-flow order; both sides use these names and layouts.
@@ -19,17 +21,8 @@ DETECTOR_STAGES = [
 
 def stage_errors(ours, reference, stages=DETECTOR_STAGES):
     """[(stage, max |a - b|, max |a - b| / max |b|)] for every stage present on both sides."""
-    rows = []
-    for stage, key in stages:
-        if ours.get(key) is None or reference.get(key) is None:
-            continue
-        a, b = np.asarray(ours[key], np.float64), np.asarray(reference[key], np.float64)
-        if a.shape != b.shape:
-            raise ValueError(f"{stage}: shape {a.shape} vs reference {b.shape}")
-        err = float(np.abs(a - b).max()) if a.size else 0.0
-        scale = float(np.abs(b).max()) if b.size else 0.0
-        rows.append((stage, err, err / scale if scale else err))
-    return rows
+    return [(stage, *compare(ours[key], reference[key])) for stage, key in stages
+            if ours.get(key) is not None and reference.get(key) is not None]
 
 
 def mask_iou(a, b):
@@ -46,3 +39,95 @@ def format_table(header, rows):
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
     return "\n".join(lines)
+
+
+def compare(actual, expected):
+    """(max |a - b|, max |a - b| / max |b|) of two same-shape arrays (bools compare as 0/1)."""
+    a, b = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shape {a.shape} vs reference {b.shape}")
+    err = float(np.abs(a - b).max()) if a.size else 0.0
+    scale = float(np.abs(b).max()) if b.size else 0.0
+    return err, err / scale if scale else err
+
+
+def parity_report(model, bundle_dir, image, prompt, threshold=0.5):
+    """Run the PyTorch reference and npsam3 on one image and text prompt; return a report: the
+    error of every stage and, per instance kept by either side, both scores, the box difference
+    and the mask IoU.
+
+    model: the torch Sam3Image the bundle was made from; or None when only a bundle is at hand:
+    then the reference detector is loaded from the bundle's weights and fed npsam3's encoder
+    outputs (the encoders themselves cannot be checked without PyTorch weights)."""
+    import torch
+    from PIL import Image
+    from safetensors.numpy import load_file
+    from torchvision.transforms import v2
+
+    import npsam3
+    from npsam3.image import load_image, preprocess
+    from npsam3.postprocess import boxes_to_pixels, masks_to_image, select_queries
+
+    from .reference import build_reference_detector, reference_forward_grounding, reference_postprocess
+
+    rgb = load_image(image)
+    height, width = rgb.shape[:2]
+    ours_model = npsam3.load_model(bundle_dir)
+    x = preprocess(rgb, ours_model.resolution)
+    fpn = ours_model.image_encoder(x)
+    ids, _ = ours_model.tokenizer.tokenize(prompt, ours_model.context_length)
+    feats, mask = ours_model.text_encoder(ids)
+    rows = []
+    if model is None:
+        ref_model = build_reference_detector()
+        weights = load_file(str(Path(bundle_dir) / "detector.safetensors"))
+        ref_model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+        ref_fpn, ref_feats, ref_mask = fpn, feats, mask
+    else:
+        from sam3.model.sam3_image_processor import Sam3Processor
+
+        ref_model = model
+        proc = Sam3Processor(model, resolution=ours_model.resolution, device="cpu")
+        ref_x = proc.transform(v2.functional.to_image(Image.fromarray(rgb))).unsqueeze(0)
+        with torch.inference_mode():
+            ref_fpn = [f.numpy() for f in model.backbone.forward_image(ref_x)["backbone_fpn"]]
+            text = model.backbone.forward_text([prompt], device="cpu")
+        ref_feats, ref_mask = text["language_features"].numpy(), text["language_mask"].numpy()
+        rows.append(("preprocessed image", *compare(x, ref_x.numpy())))
+        rows += [(f"image encoder level {i}", *compare(a, b)) for i, (a, b) in enumerate(zip(fpn, ref_fpn))]
+        rows.append(("text encoder", *compare(feats, ref_feats)))
+        rows.append(("text padding mask", *compare(mask, ref_mask)))
+    ref = reference_forward_grounding(ref_model, ref_fpn, ref_feats, ref_mask)
+    ours = ours_model.detector.forward_grounding(fpn, feats, mask)
+    rows += stage_errors(ours, ref)
+
+    want = reference_postprocess(ref, height, width, threshold)
+    ref_keep, _ = select_queries(ref["pred_logits"], ref["presence_logit_dec"], threshold)
+    keep, scores = select_queries(ours["pred_logits"], ours["presence_logit_dec"], threshold)
+    boxes = boxes_to_pixels(ours["pred_boxes"][0, keep], height, width)
+    _, masks = masks_to_image(ours["pred_masks"][0, keep], height, width)
+    both, only = [], []
+    for q in np.union1d(keep, ref_keep):
+        i, j = np.flatnonzero(keep == q), np.flatnonzero(ref_keep == q)
+        if i.size and j.size:
+            i, j = i[0], j[0]
+            both.append((int(q), float(want["scores"][j]), float(scores[i]),
+                         float(np.abs(boxes[i] - want["boxes"][j]).max()),
+                         mask_iou(masks[i], want["masks"][j])))
+        else:
+            only.append(f"query {q} kept only by {'npsam3' if i.size else 'PyTorch'} (score "
+                        f"{float(scores[i[0]] if i.size else want['scores'][j[0]]):.6f})")
+    where = "end to end" if model is not None else "detector only (bundle weights, npsam3's encoder outputs)"
+    text = [f"parity of npsam3 vs PyTorch sam3 on {image} ({width}x{height}), prompt {prompt!r}: {where}",
+            format_table(["stage", "max abs error", "max rel error"], rows), "",
+            f"instances above {threshold}: PyTorch kept {len(ref_keep)}, npsam3 kept {len(keep)}, "
+            f"{len(both)} in common"]
+    if both:
+        arr = np.array([r[1:] for r in both])
+        text.append(f"over the common ones: max score difference {np.abs(arr[:, 0] - arr[:, 1]).max():.2e}, "
+                    f"max box difference {arr[:, 2].max():.4f} px, min mask IoU {arr[:, 3].min():.6f}")
+        top = sorted(both, key=lambda r: -r[1])[:10]
+        text.append(format_table(["query", "score torch", "score npsam3", "box diff px", "mask IoU"],
+                                 [(q, f"{a:.5f}", f"{b:.5f}", f"{d:.4f}", f"{iou:.5f}")
+                                  for q, a, b, d, iou in top]))
+    return "\n".join(text + only)

@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from converters import onnx_export as ox
+from converters.checkpoint import load_checkpoint
 from converters.models import (CONTEXT_LENGTH, RESOLUTION, build_tiny_sam3_image_model,
-                               load_sam3_checkpoint)
+                               load_state)
+from npsam3.errors import Npsam3Error
 
 FEATURE_TOL = 1e-4
 CAPTIONS = ["a dog", "a red car parked on the street", "zebra " * 40]  # the last one is truncated
@@ -134,18 +136,18 @@ def test_weights_over_the_size_limit_go_to_one_external_data_file(tiny_model, tm
     assert errors["language_features"]["max_rel"] <= FEATURE_TOL, errors
 
 
-def test_load_sam3_checkpoint(tiny_model, tmp_path):
+def test_load_state_from_a_published_checkpoint(tiny_model, tmp_path):
     state = tiny_model.state_dict()
     ckpt = {f"detector.{k}": v for k, v in state.items() if not k.endswith(".freqs_cis")}
     ckpt["detector.backbone.vision_backbone.sam2_convs.0.conv_1x1.bias"] = torch.zeros(256)
     ckpt["tracker.maskmem_backbone.weight"] = torch.zeros(1)
     torch.save({"model": ckpt}, tmp_path / "ckpt.pt")
     other = build_tiny_sam3_image_model(seed=1)
-    unused = load_sam3_checkpoint(other, tmp_path / "ckpt.pt")
+    unused = load_state(other, load_checkpoint(tmp_path / "ckpt.pt"), "ckpt.pt")
     assert unused == ["backbone.vision_backbone.sam2_convs.0.conv_1x1.bias"]
     assert all(torch.equal(v, state[k]) for k, v in other.state_dict().items())
 
     del ckpt["detector.transformer.decoder.query_embed.weight"]
     torch.save({"model": ckpt}, tmp_path / "ckpt.pt")
-    with pytest.raises(ValueError, match="lacks 1 keys"):
-        load_sam3_checkpoint(other, tmp_path / "ckpt.pt")
+    with pytest.raises(Npsam3Error, match="ckpt.pt lacks 1 tensors"):
+        load_state(other, load_checkpoint(tmp_path / "ckpt.pt"), "ckpt.pt")
