@@ -3,8 +3,12 @@
 Only the reference tests import torch (through these fixtures); npsam3 itself never does.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +43,30 @@ def random_inputs(seed, feat_size=(72, 72), n_valid=5, context=32, d=256):
     feats = rng.standard_normal((context, 1, d), dtype=np.float32)
     mask = np.arange(context)[None] >= n_valid
     return fpn, feats, mask
+
+
+@pytest.fixture(scope="session")
+def torch_model():
+    """A SAM3-family Sam3Image from sam3's classes: the real detector and neck, a reduced ViT
+    trunk and text encoder, seeded random weights."""
+    from converters.models import build_tiny_sam3_image_model
+
+    return build_tiny_sam3_image_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def bundle(torch_model, tmp_path_factory):
+    """torch_model exported with export_bundle (verified against PyTorch)."""
+    from converters.bundle import export_bundle
+    from converters.models import CONTEXT_LENGTH
+
+    out = tmp_path_factory.mktemp("e2e") / "bundle"
+    export_bundle(torch_model, out, context_length=CONTEXT_LENGTH)
+    return out
+
+
+@pytest.fixture(scope="session")
+def np_model(bundle):
+    import npsam3
+
+    return npsam3.load_model(bundle)

@@ -8,19 +8,16 @@ The threshold of each case sits in the widest gap between consecutive reference 
 85th percentile, so that ~30 instances survive and none is within reach of rounding.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import npsam3
-from converters.bundle import export_bundle
-from converters.models import CONTEXT_LENGTH, build_tiny_sam3_image_model
 from converters.parity import mask_iou
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from .conftest import ASSETS
+
 SCORE_TOL, BOX_TOL_PX, MASK_IOU_MIN = 1e-4, 0.5, 0.999
 
 CASES = [  # photo, text (None = boxes only), boxes as normalised cxcywh with labels
@@ -32,23 +29,6 @@ CASES = [  # photo, text (None = boxes only), boxes as normalised cxcywh with la
     ("coffee.jpg", "a spoon", [([0.5, 0.45, 0.5, 0.5], True), ([0.15, 0.8, 0.2, 0.3], False)]),
     ("astronaut.jpg", None, [([0.45, 0.4, 0.3, 0.5], True)]),
 ]
-
-
-@pytest.fixture(scope="module")
-def torch_model():
-    return build_tiny_sam3_image_model(seed=0)
-
-
-@pytest.fixture(scope="module")
-def bundle(torch_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("e2e") / "bundle"
-    export_bundle(torch_model, out, context_length=CONTEXT_LENGTH)
-    return out
-
-
-@pytest.fixture(scope="module")
-def np_model(bundle):
-    return npsam3.load_model(bundle)
 
 
 def run_prompts(proc, state, text, boxes):
