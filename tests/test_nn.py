@@ -52,9 +52,11 @@ def test_interpolate_nearest(size):
     close(nn.interpolate_nearest(x, size), want, rtol=0)
 
 
-@pytest.mark.parametrize("k, pad", [(3, 1), (1, 0), (7, 0)])
-def test_conv2d(k, pad):
-    x = rng.standard_normal((6, 11, 9), dtype=np.float32)
+@pytest.mark.parametrize("k, pad, size", [(3, 1, (11, 9)), (3, 1, (12, 10)), (3, 1, (144, 144)),
+                                          (1, 0, (11, 9)), (7, 0, (11, 9))])
+def test_conv2d(k, pad, size):
+    """(3, 1) on even sizes is the Winograd path; the others are shifted GEMMs."""
+    x = rng.standard_normal((6, *size), dtype=np.float32)
     conv = torch.nn.Conv2d(6, 5, k, padding=pad)
     p = {"c.weight": conv.weight.detach().numpy(), "c.bias": conv.bias.detach().numpy()}
     close(nn.conv2d(x, p, "c", padding=pad), conv(torch.from_numpy(x)[None])[0])

@@ -12,9 +12,11 @@ f32 = np.float32
 
 
 def box_rpb_matrix(p, ref_boxes, feat_size):
-    """_get_rpb_matrix with boxRPB="log": per-head attention bias [heads, Q, H*W] from the
-    distance of every image token to the edges of each query's reference box."""
+    """_get_rpb_matrix with boxRPB="log": per-head attention bias [heads, 1 + Q, H*W] from the
+    distance of every image token to the edges of each query's reference box. Row 0 is the
+    presence token's, which has no box: zero."""
     h, w = feat_size
+    q = len(ref_boxes)
     xyxy = nn.box_cxcywh_to_xyxy(ref_boxes)  # [Q, 4]
     deltas_y = (np.arange(h, dtype=f32) / f32(h))[None, :, None] - xyxy[:, None, 1::2]  # [Q, H, 2]
     deltas_x = (np.arange(w, dtype=f32) / f32(w))[None, :, None] - xyxy[:, None, 0::2]  # [Q, W, 2]
@@ -23,17 +25,24 @@ def box_rpb_matrix(p, ref_boxes, feat_size):
         d = d * f32(8)
         return np.sign(d) * np.log2(np.abs(d) + f32(1)) / f32(3)
 
-    dy = nn.mlp(log_scale(deltas_y), p, "boxRPB_embed_y", 2)  # [Q, H, heads]
-    dx = nn.mlp(log_scale(deltas_x), p, "boxRPB_embed_x", 2)  # [Q, W, heads]
-    bias = dy.transpose(2, 0, 1)[:, :, :, None] + dx.transpose(2, 0, 1)[:, :, None, :]
-    return bias.reshape(bias.shape[0], len(ref_boxes), h * w)
+    dy = nn.mlp(log_scale(deltas_y).reshape(-1, 2), p, "boxRPB_embed_y", 2).reshape(q, h, -1)
+    dx = nn.mlp(log_scale(deltas_x).reshape(-1, 2), p, "boxRPB_embed_x", 2).reshape(q, w, -1)
+    heads = dy.shape[-1]
+    dy, dx = dy.transpose(2, 0, 1)[:, :, :, None], dx.transpose(2, 0, 1)[:, :, None, :]
+    bias = np.empty((heads, 1 + q, h * w), f32)
+    bias[:, 0] = 0
+
+    def add(i, j):  # bias[k, 1 + q, y * w + x] = dy[k, q, y] + dx[k, q, x]
+        np.add(dy[i:j], dx[i:j], out=bias[i:j, 1:].reshape(j - i, q, h, w))
+    nn.parallel_for(add, heads)
+    return bias
 
 
 def decoder_layer(tgt, presence, query_pos, p, name, heads, prompt, prompt_mask, memory,
                   memory_pos, rpb):
     """TransformerDecoderLayer.forward (post-norm) with the presence token prepended to the queries.
 
-    tgt, query_pos: [Q, C]; presence: [1, C]; rpb: [heads, Q, HW]. Returns (tgt, presence).
+    tgt, query_pos: [Q, C]; presence: [1, C]; rpb: [heads, 1 + Q, HW]. Returns (tgt, presence).
     """
     x = np.concatenate([presence, tgt], 0)
     pos = np.concatenate([np.zeros_like(presence), query_pos], 0)
@@ -43,9 +52,8 @@ def decoder_layer(tgt, presence, query_pos, p, name, heads, prompt, prompt_mask,
     ca = nn.multi_head_attention(x + pos, prompt, prompt, p, f"{name}.ca_text", heads,
                                  key_padding_mask=prompt_mask)
     x = nn.layer_norm(x + ca, p, f"{name}.catext_norm")
-    bias = np.concatenate([np.zeros_like(rpb[:, :1]), rpb], 1)  # the presence token has no RPB
     ca = nn.multi_head_attention(x + pos, memory + memory_pos, memory, p, f"{name}.cross_attn",
-                                 heads, attn_bias=bias)
+                                 heads, attn_bias=rpb)
     x = nn.layer_norm(x + ca, p, f"{name}.norm1")
     x = nn.layer_norm(x + nn.ffn(x, p, name), p, f"{name}.norm3")
     return x[1:], x[:1]
