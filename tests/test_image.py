@@ -33,8 +33,8 @@ ONE_LEVEL = 2.0 / 255.0  # one uint8 level after (x / 255 - 0.5) / 0.5
 @pytest.fixture(scope="module")
 def reference():
     """``(pil_rgb, R) -> float32 [1, 3, R, R]`` as Sam3Processor.set_image, and the allowed max |diff|."""
-    torch = pytest.importorskip("torch")
-    v2 = pytest.importorskip("torchvision.transforms.v2")
+    import torch
+    from torchvision.transforms import v2
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2.functional._geometry import _do_native_uint8_resize_on_cpu
 
@@ -92,7 +92,6 @@ def test_preprocess_matches_torchvision_on_resized_photo(reference, size, resolu
 
 def test_preprocess_matches_sam3_processor_itself(reference):
     """Sam3Processor.set_image with a stub backbone that hands back the tensor it is given."""
-    pytest.importorskip("sam3")
     import types
 
     from sam3.model.sam3_image_processor import Sam3Processor
@@ -113,7 +112,7 @@ def test_preprocess_matches_sam3_processor_itself(reference):
 
 def test_resize_matches_torch_on_noise(reference):
     """Random pixels are the hardest case for rounding: compare the uint8 resize itself."""
-    torch = pytest.importorskip("torch")
+    import torch
     from torchvision.transforms import v2
 
     run, tolerance = reference
