@@ -5,18 +5,11 @@
     npsam3-convert --parity CHECKPOINT_OR_BUNDLE IMAGE PROMPT [--threshold T]
 """
 
-import argparse
 import sys
 from pathlib import Path
 
-from npsam3.errors import Npsam3Error
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+from npsam3.cli import Parser
+from npsam3.errors import Npsam3Error, run_command
 
 
 def build_parser():
@@ -96,22 +89,17 @@ def parity(args):
         print(parity_report(model, bundle, args.target, args.prompt, args.threshold))
 
 
+def run(args):
+    if args.parity:
+        parity(args)
+    elif args.prompt is not None:
+        raise Npsam3Error(f"unexpected argument {args.prompt!r} (PROMPT goes with --parity)")
+    else:
+        convert(args)
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        if args.parity:
-            parity(args)
-        elif args.prompt is not None:
-            raise Npsam3Error(f"unexpected argument {args.prompt!r} (PROMPT goes with --parity)")
-        else:
-            convert(args)
-    except Npsam3Error as e:
-        print(f"npsam3-convert: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("npsam3-convert: interrupted; nothing was written", file=sys.stderr)
-        return 130
-    return 0
+    return run_command("npsam3-convert", run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

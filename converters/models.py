@@ -11,7 +11,7 @@ import os
 
 from npsam3.errors import Npsam3Error
 
-from .reference import patch_sam3_for_cpu, randomize_
+from .reference import build_reference_detector, patch_sam3_for_cpu, randomize_
 
 RESOLUTION = 1008  # input side of every SAM3-family image model; the detector sees 1008 / 14 = 72
 CONTEXT_LENGTH = 32  # SAM3's text context length
@@ -25,21 +25,10 @@ def default_bpe_path():
 
 
 def _assemble(vision_neck, text_encoder):
-    """Sam3Image in eval mode on CPU: the given backbone parts plus the published detector
-    (transformer, geometry encoder, segmentation head, dot-product scoring), as model_builder
-    makes them."""
+    """Sam3Image in eval mode on CPU: the given backbone parts plus the published detector."""
     from sam3 import model_builder as mb
 
-    model = mb._create_sam3_model(
-        backbone=mb._create_vl_backbone(vision_neck, text_encoder),
-        transformer=mb._create_sam3_transformer(),
-        input_geometry_encoder=mb._create_geometry_encoder(),
-        segmentation_head=mb._create_segmentation_head(),
-        dot_prod_scoring=mb._create_dot_product_scoring(),
-        inst_interactive_predictor=None,
-        eval_mode=True,
-    )
-    return model.eval()
+    return build_reference_detector(mb._create_vl_backbone(vision_neck, text_encoder))
 
 
 def load_state(model, state, source):

@@ -40,14 +40,14 @@ def patch_sam3_for_cpu():
     _PATCHED = True
 
 
-def build_reference_detector():
-    """Sam3Image with the published detector configuration and no backbone, in eval mode:
+def build_reference_detector(backbone=None):
+    """Sam3Image with the published detector configuration in eval mode; without a backbone,
     forward_grounding runs on precomputed backbone features."""
     patch_sam3_for_cpu()
     from sam3 import model_builder as mb
 
     model = mb._create_sam3_model(
-        backbone=None,
+        backbone=backbone,
         transformer=mb._create_sam3_transformer(),
         input_geometry_encoder=mb._create_geometry_encoder(),
         segmentation_head=mb._create_segmentation_head(),

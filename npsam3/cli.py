@@ -9,7 +9,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .errors import Npsam3Error
+from .errors import Npsam3Error, run_command
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
@@ -189,14 +189,7 @@ def main(argv=None):
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = lambda msg, *a, **k: print(f"npsam3: warning: {msg}", file=sys.stderr)
-        try:
-            return segment(args) if args.command == "segment" else info(args)
-        except Npsam3Error as e:
-            print(f"npsam3: error: {e}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("npsam3: interrupted", file=sys.stderr)
-            return 130
+        return run_command("npsam3", segment if args.command == "segment" else info, args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,198 @@
+"""The PyTorch reference detector exported to ONNX and run in onnxruntime, for the benchmark.
+
+    python benchmarks/ort_detector.py [--feat 72] [--runs 3] [--out detector.onnx]
+
+``export_detector_onnx`` wraps ``Sam3Image.forward_grounding`` (text-only prompt, no backbone) in a
+module taking the five tensors npsam3's detector takes and exports it with the dynamo exporter
+(TorchScript exporter as a fallback); ``verify`` compares onnxruntime with PyTorch on the
+benchmark's inputs; ``time_ort`` needs only the .onnx path and ``feat`` (for a fresh worker process).
+
+Inputs (static shapes): "fpn0" [1,256,4F,4F], "fpn1" [1,256,2F,2F], "fpn2" [1,256,F,F] float32,
+"language_features" [32,1,256] float32, "language_mask" [1,32] bool (True = padding).
+Outputs: "pred_logits" [1,200,1], "pred_boxes" [1,200,4], "presence_logit_dec" [1,1],
+"pred_masks" [1,200,4F,4F].
+"""
+
+import argparse
+import contextlib
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+INPUT_NAMES = ["fpn0", "fpn1", "fpn2", "language_features", "language_mask"]
+OUTPUT_NAMES = ["pred_logits", "pred_boxes", "presence_logit_dec", "pred_masks"]
+
+
+def inputs(feat):
+    """The benchmark's seeded inputs (same as ``detector_benchmark.inputs``), as a name -> array dict."""
+    rng = np.random.default_rng(1)
+    fpn = [rng.standard_normal((1, 256, s * feat, s * feat), dtype=np.float32) for s in (4, 2, 1)]
+    feats = rng.standard_normal((32, 1, 256), dtype=np.float32)
+    return dict(zip(INPUT_NAMES, [*fpn, feats, np.arange(32)[None] >= 5]))
+
+
+def _wrapper(model, feat):
+    import torch
+
+    from converters.reference import position_encodings
+
+    class Detector(torch.nn.Module):
+        """(fpn0, fpn1, fpn2, language_features, language_mask) -> forward_grounding outputs."""
+
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            # the sine position encodings depend on the shapes only: constants of the graph
+            shapes = [(1, 256, s * feat, s * feat) for s in (4, 2, 1)]
+            for i, pe in enumerate(position_encodings([torch.zeros(s) for s in shapes])):
+                self.register_buffer(f"pos{i}", pe, persistent=False)
+
+        def forward(self, fpn0, fpn1, fpn2, language_features, language_mask):
+            from sam3.model.data_misc import FindStage
+
+            backbone_out = {
+                "backbone_fpn": [fpn0, fpn1, fpn2],
+                "vision_pos_enc": [self.pos0, self.pos1, self.pos2],
+                "language_features": language_features,
+                "language_mask": language_mask,
+            }
+            zero = torch.zeros(1, dtype=torch.long)
+            find_input = FindStage(img_ids=zero, text_ids=zero, input_boxes=None,
+                                   input_boxes_mask=None, input_boxes_label=None,
+                                   input_points=None, input_points_mask=None)
+            out = self.model.forward_grounding(backbone_out=backbone_out, find_input=find_input,
+                                               find_target=None,
+                                               geometric_prompt=self.model._get_dummy_prompt())
+            return tuple(out[k] for k in OUTPUT_NAMES)
+
+    return Detector().eval()
+
+
+@contextlib.contextmanager
+def _static_rpb_size(decoder, feat):
+    """The decoder's box relative-position bias (``TransformerDecoder._get_rpb_matrix``) gets the
+    feature size as two 0-d tensors sliced from ``spatial_shapes``; comparing them with its cached
+    size (``compilable_stored_size == (H, W)``) is a data-dependent branch that torch.export
+    rejects. Within the context the size is the Python ints (feat, feat) and the coordinate cache
+    holds that size, so the cached branch is taken statically. Restored on exit."""
+    saved = decoder.compilable_cord_cache, decoder.compilable_stored_size
+    decoder.compilable_cord_cache = decoder._get_coords(feat, feat, "cpu")
+    decoder.compilable_stored_size = (feat, feat)
+    get_rpb = type(decoder)._get_rpb_matrix
+    decoder._get_rpb_matrix = lambda boxes, feat_size: get_rpb(decoder, boxes, (feat, feat))
+    try:
+        yield
+    finally:
+        del decoder._get_rpb_matrix
+        decoder.compilable_cord_cache, decoder.compilable_stored_size = saved
+
+
+@contextlib.contextmanager
+def _export_patches(model, feat):
+    """Patches needed only while exporting (restored on exit)."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_static_rpb_size(model.transformer.decoder, feat))
+        # The dynamo exporter decomposes F.scaled_dot_product_attention according to the kernel
+        # torch would pick; with the default (flash/efficient) selection the exported graph has a
+        # reshape of the attention output the exporter gets wrong. The math kernel exports cleanly.
+        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        stack.enter_context(torch.no_grad())
+        yield
+
+
+def export_detector_onnx(model, path, feat=72):
+    """Export ``model`` (a ``Sam3Image`` as ``build_reference_detector`` makes it) to ``path``.
+    Tries the dynamo exporter, then the TorchScript one (opset 17). Returns the exporter used
+    ("dynamo" or "torchscript")."""
+    import torch
+
+    wrapper = _wrapper(model, feat)
+    args = tuple(torch.from_numpy(a) for a in inputs(feat).values())
+    path = str(path)
+    try:
+        with _export_patches(model, feat):
+            program = torch.onnx.export(wrapper, args, dynamo=True, input_names=INPUT_NAMES,
+                                        output_names=OUTPUT_NAMES, optimize=True,
+                                        external_data=False)
+            program.save(path)
+        return "dynamo"
+    except Exception as e:  # noqa: BLE001 - fall back to the TorchScript exporter
+        print(f"dynamo export failed ({type(e).__name__}: {e}); trying TorchScript",
+              file=sys.stderr)
+    with _export_patches(model, feat):
+        torch.onnx.export(wrapper, args, path, dynamo=False, opset_version=17,
+                          input_names=INPUT_NAMES, output_names=OUTPUT_NAMES)
+    return "torchscript"
+
+
+def ort_session(path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def verify(model, path, feat=72):
+    """Run onnxruntime and ``model`` (PyTorch) on the benchmark's inputs; print and return the max
+    relative error of each output (max |ort - torch| / max |torch|)."""
+    import torch
+
+    feeds = inputs(feat)
+    got = dict(zip(OUTPUT_NAMES, ort_session(path).run(OUTPUT_NAMES, feeds)))
+    with torch.inference_mode():
+        want = _wrapper(model, feat)(*(torch.from_numpy(a) for a in feeds.values()))
+    errors = {}
+    for name, w in zip(OUTPUT_NAMES, want):
+        w = w.numpy()
+        assert got[name].shape == w.shape, (name, got[name].shape, w.shape)
+        errors[name] = float(np.abs(got[name] - w).max() / np.abs(w).max())
+        print(f"{name:20s} {str(w.shape):22s} max rel err {errors[name]:.2e}")
+    return errors
+
+
+def time_ort(path, runs, feat=72):
+    """Median wall time (s) of ``session.run`` over ``runs`` runs after one warm-up, and the
+    process's peak RSS (MiB). Needs only the .onnx path and ``feat``: call it in a fresh process."""
+    sess = ort_session(path)
+    feeds = inputs(feat)
+    times = []
+    for _ in range(runs + 1):
+        t = time.perf_counter()
+        sess.run(OUTPUT_NAMES, feeds)
+        times.append(time.perf_counter() - t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    return statistics.median(times[1:]), peak
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--feat", type=int, default=72, help="lowest FPN level size (72 = 1008 px)")
+    ap.add_argument("--runs", type=int, default=3, help="timed onnxruntime runs")
+    ap.add_argument("--out", help="where to write the .onnx (default: a temporary file)")
+    args = ap.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from converters.reference import build_reference_detector, randomize_
+
+    model = randomize_(build_reference_detector(), seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = args.out or os.path.join(tmp, "detector.onnx")
+        t = time.perf_counter()
+        exporter = export_detector_onnx(model, path, args.feat)
+        print(f"export ({exporter}): {time.perf_counter() - t:.1f} s, "
+              f"{os.path.getsize(path) / 2**20:.1f} MiB")
+        verify(model, path, args.feat)
+        del model
+        med, peak = time_ort(path, args.runs, args.feat)
+        print(f"onnxruntime: median {1000 * med:.0f} ms over {args.runs} runs, "
+              f"peak RSS {peak:.0f} MiB (this process, incl. torch and the export)")
+
+
+if __name__ == "__main__":
+    main()
