@@ -16,7 +16,6 @@ no semantic map; PyTorch runs forward_grounding (masks for all 200 queries, sema
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -89,13 +88,24 @@ def run_torch(feat, runs):
     return times[1:], {}
 
 
+def run_ort(onnx_path, feat, runs):
+    from ort_detector import time_ort
+
+    times = []
+    time_ort(onnx_path, runs, feat, times)
+    return [{"total": t} for t in times], {}
+
+
 def worker(args):
     if args.worker == "numpy":
         times, extra = run_numpy(args.bundle, args.feat, args.runs)
+    elif args.worker == "onnxruntime":
+        times, extra = run_ort(os.path.join(args.bundle, "detector.onnx"), args.feat, args.runs)
     else:
         times, extra = run_torch(args.feat, args.runs)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    print(json.dumps({"times": times, "peak_mib": peak, **extra}))
+    from ort_detector import peak_rss_mib
+
+    print(json.dumps({"times": times, "peak_mib": peak_rss_mib(), **extra}))
 
 
 def spawn(impl, args, bundle):
@@ -115,28 +125,37 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="worker processes per implementation")
     ap.add_argument("--feat", type=int, default=72, help="lowest FPN level size (72 = 1008 px)")
     ap.add_argument("--native-blas", action="store_true")
-    ap.add_argument("--worker", choices=["numpy", "torch"], help=argparse.SUPPRESS)
+    ap.add_argument("--no-ort", action="store_true", help="skip the onnxruntime export and timing")
+    ap.add_argument("--worker", choices=["numpy", "torch", "onnxruntime"], help=argparse.SUPPRESS)
     ap.add_argument("--bundle", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:0] = [os.path.dirname(here), here]
     if args.worker:
         return worker(args)
 
     from converters import export_detector
     from converters.reference import build_reference_detector, randomize_
 
-    impls = ["numpy", "torch"]
+    impls = ["numpy", "torch"] + ([] if args.no_ort else ["onnxruntime"])
     with tempfile.TemporaryDirectory() as tmp:
         bundle = os.path.join(tmp, "detector")
-        export_detector(randomize_(build_reference_detector(), seed=0).state_dict(), bundle)
+        model = randomize_(build_reference_detector(), seed=0)
+        export_detector(model.state_dict(), bundle)
+        if not args.no_ort:
+            from ort_detector import export_detector_onnx
+
+            print("exporting the reference detector to ONNX ...", file=sys.stderr, flush=True)
+            export_detector_onnx(model, os.path.join(bundle, "detector.onnx"), args.feat)
+        del model
         results = {impl: [] for impl in impls}
         for r in range(args.rounds):
             for impl in impls:
                 print(f"round {r + 1}/{args.rounds}: {impl} ...", file=sys.stderr, flush=True)
                 results[impl].append(spawn(impl, args, bundle))
 
-    med = {impl: {s: 1000 * statistics.median(t[s] for res in rs for t in res["times"])
-                  for s in STAGES + ["total"]} for impl, rs in results.items()}
+    med = {impl: {s: 1000 * statistics.median(t[s] for res in results[impl] for t in res["times"])
+                  for s in STAGES + ["total"]} for impl in ("numpy", "torch")}
     peak = {impl: max(res["peak_mib"] for res in rs) for impl, rs in results.items()}
     blas = "native OpenBLAS kernels" if args.native_blas else \
         f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
@@ -151,6 +170,11 @@ def main():
         print(f"{s:20s} {work[s] / 1e9:6.1f} {a:10.1f} {b:10.1f} {a / b:6.2f}")
     print(f"{'peak RSS (MiB)':20s} {'':6s} {peak['numpy']:10.0f} {peak['torch']:10.0f} "
           f"{peak['numpy'] / peak['torch']:6.2f}")
+    if "onnxruntime" in results:
+        ort = 1000 * statistics.median(t["total"] for res in results["onnxruntime"] for t in res["times"])
+        print(f"onnxruntime (ONNX export of the reference, all 200 masks): {ort:.1f} ms, "
+              f"peak RSS {peak['onnxruntime']:.0f} MiB; npsam3 / onnxruntime: time "
+              f"{med['numpy']['total'] / ort:.2f}, peak RSS {peak['numpy'] / peak['onnxruntime']:.2f}")
     load = statistics.median(res["bundle load"] for res in results["numpy"])
     print(f"npsam3 bundle load: {1000 * load:.0f} ms")
 

@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -223,8 +222,15 @@ def time_ort(path, runs, feat=72, times=None):
         timed.append(time.perf_counter() - t)
     if times is not None:
         times.extend(timed[1:])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    return statistics.median(timed[1:]), peak
+    return statistics.median(timed[1:]), peak_rss_mib()
+
+
+def peak_rss_mib():
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss it does not inherit the
+    parent's peak across fork + exec, so a worker started by a torch process reports its own)."""
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kib / 1024
 
 
 def main():
