@@ -10,7 +10,6 @@ The threshold of each case sits in the widest gap between consecutive reference 
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import npsam3

@@ -112,7 +112,6 @@ def test_preprocess_matches_sam3_processor_itself(reference):
 
 def test_resize_matches_torch_on_noise(reference):
     """Random pixels are the hardest case for rounding: compare the uint8 resize itself."""
-    import torch
     from torchvision.transforms import v2
 
     run, tolerance = reference

@@ -13,7 +13,7 @@ import numpy as np
 from .. import nn
 from ..bundle import load_weights, read_manifest
 from ..errors import Npsam3Error
-from .config import PREFIXES, check_weights
+from .config import check_weights
 from .decoder import transformer_decoder
 from .encoder import fusion_encoder
 from .geometry import geometry_encoder
