@@ -95,7 +95,7 @@ def describe(variant):
     """'EfficientSAM3 (RepViT m1.1 image trunk, MobileCLIP-S1 text encoder, 32 tokens)'."""
     trunk = {"vit-h": "ViT-H", "repvit": "RepViT", "tinyvit": "TinyViT",
              "efficientvit": "EfficientViT"}[variant["backbone"]]
-    text = "SAM3's text encoder" if variant["text_encoder"] == "ve-text" else variant["text_encoder"]
+    text = "SAM3's VE" if variant["text_encoder"] == "ve-text" else variant["text_encoder"]
     family = {"sam3": "SAM3", "sam3-litetext": "SAM3-LiteText",
               "efficientsam3": "EfficientSAM3"}[variant["family"]]
     return (f"{family} ({trunk}{' ' + variant['variant'] if variant.get('variant') else ''} image "
