@@ -38,7 +38,8 @@ def read_checkpoint(path):
 
 
 def normalize_state_dict(ckpt, source="state dict"):
-    """Unwrap ``{"model": ...}``, strip ``detector.``, drop ``tracker.``; every value must be a tensor."""
+    """Unwrap ``{"model": ...}``, strip ``detector.`` and the EfficientSAM3 fork's ``student_trunk.``
+    wrapper (as its loader does), drop ``tracker.``; every value must be a tensor."""
     if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
         ckpt = ckpt["model"]
     if not isinstance(ckpt, dict) or not ckpt:
@@ -49,5 +50,5 @@ def normalize_state_dict(ckpt, source="state dict"):
             continue
         if not torch.is_tensor(value):
             raise Npsam3Error(f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor")
-        out[key.removeprefix("detector.")] = value
+        out[key.removeprefix("detector.").replace("student_trunk.", "")] = value
     return out

@@ -49,6 +49,12 @@ def model_from_checkpoint(path, args):
     variant = detect_variant({k: v.shape for k, v in state.items()}, meta)
     variant = check_overrides(variant, args.family, args.backbone, args.variant,
                               args.text_encoder, args.context_length)
+    if variant["context_length_flexible"]:
+        raise Npsam3Error(
+            f"{path.name} keeps MobileCLIP's {variant['pos_embed_len']}-token positional table, "
+            "which does not tell the text context length the model runs at: pass "
+            "--context-length (SAM3-LiteText: 16 or 32, often in the file name; 77 keeps the "
+            "whole table)")
     print(f"recognised {describe(variant)}; building it ...", flush=True)
     return build_image_model(variant, state, args.bpe, path.name), variant
 

@@ -17,11 +17,20 @@ RESOLUTION = 1008  # input side of every SAM3-family image model; the detector s
 CONTEXT_LENGTH = 32  # SAM3's text context length
 
 
-def default_bpe_path():
-    """The CLIP BPE vocabulary (not in the sam3 wheel; open_clip_torch ships the same file)."""
-    import open_clip
+BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 
-    return os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
+
+def default_bpe_path():
+    """The CLIP BPE vocabulary: not in the PyPI sam3 wheel, but open_clip_torch ships the same
+    file, and so does the EfficientSAM3 fork (sam3/assets/)."""
+    for package, folder in (("open_clip", "."), ("sam3", "../assets")):
+        spec = importlib.util.find_spec(package)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            path = os.path.normpath(os.path.join(location, folder, BPE_NAME))
+            if os.path.isfile(path):
+                return path
+    raise Npsam3Error(f"cannot find the BPE vocabulary {BPE_NAME}: install open_clip_torch or "
+                      "pass --bpe PATH")
 
 
 def _assemble(vision_neck, text_encoder):
@@ -70,7 +79,9 @@ def is_efficientsam3_fork():
 def build_image_model(variant, state, bpe_path=None, source="checkpoint"):
     """Build the image model that converters.variants.detect_variant recognised and load ``state``.
 
-    SAM3 builds with PyPI sam3 (or the fork); SAM3-LiteText and EfficientSAM3 need the fork."""
+    SAM3 builds with PyPI sam3 (or the fork); SAM3-LiteText and EfficientSAM3 need the fork. A
+    MobileCLIP table longer than the context length (``truncate_after_load``: LiteText's 77 rows)
+    is loaded whole and then cut."""
     fork = is_efficientsam3_fork()
     if variant["family"] == "sam3" and not fork:
         return build_sam3_image_model(state, bpe_path, source)
@@ -81,14 +92,22 @@ def build_image_model(variant, state, bpe_path=None, source="checkpoint"):
             "pip install -e <clone>/sam3 opencv-python-headless einops pycocotools omegaconf")
     from sam3 import model_builder
 
-    if variant["truncate_after_load"]:
-        raise Npsam3Error(f"{source} keeps MobileCLIP's 77-token positional table; rebuilding it "
-                          f"at context length {variant['context_length']} is not supported yet")
+    kwargs = dict(variant["builder_kwargs"])
+    if variant["truncate_after_load"]:  # build with the full table; cut it after loading
+        kwargs["text_encoder_context_length"] = variant["pos_embed_len"]
     model = getattr(model_builder, variant["builder"])(
         bpe_path=bpe_path or default_bpe_path(), device="cpu", eval_mode=True,
-        checkpoint_path=None, load_from_HF=False, **variant["builder_kwargs"])
+        checkpoint_path=None, load_from_HF=False, **kwargs)
     load_state(model, state, source)
+    if variant["truncate_after_load"]:
+        _truncate_text_context(model, variant["context_length"])
     return model.eval()
+
+
+def _truncate_text_context(model, context_length):
+    """Keep the first ``context_length`` rows of the loaded MobileCLIP positional table, as the
+    fork's LiteText ``build_sam3_image_model`` does after loading its checkpoint."""
+    model.backbone.language_backbone.set_context_length(context_length)
 
 
 def describe(variant):

@@ -80,17 +80,24 @@ class ImageEncoder(torch.nn.Module):
 
 
 class TextEncoder(torch.nn.Module):
-    """``[B, L]`` int64 token ids -> (``[L, B, d_model]`` features, ``[B, L]`` bool padding mask):
-    ``VETextEncoder.forward`` for already tokenised text."""
+    """``[B, L]`` int64 token ids -> (``[L, B, d_model]`` features, ``[B, L]`` bool padding mask)
+    for already tokenised text: SAM3's ``VETextEncoder`` (transformer, then ``resizer``) or the
+    EfficientSAM3 fork's MobileCLIP student (embedding, transformer, then ``projector``)."""
 
     def __init__(self, language_backbone):
         super().__init__()
-        self.encoder = language_backbone.encoder
-        self.resizer = language_backbone.resizer
+        self.language_backbone = language_backbone
 
     def forward(self, input_ids):
-        _, text_memory = self.encoder(input_ids)  # [B, L, width]
-        return self.resizer(text_memory.transpose(0, 1)), input_ids == 0
+        lb = self.language_backbone
+        if hasattr(lb, "resizer"):
+            _, text_memory = lb.encoder(input_ids)  # [B, L, width]
+            features = lb.resizer(text_memory.transpose(0, 1))
+        else:
+            text_memory = lb.encoder(lb.encoder.forward_embedding(input_ids),
+                                     return_all_tokens=True, input_is_embeddings=True)
+            features = lb.projector(text_memory).transpose(0, 1)
+        return features, input_ids == 0
 
 
 def _export(module, args, path, input_names, output_names, opset, dynamic_axes=None):
@@ -128,13 +135,30 @@ def _simplify(model):
     import onnx_ir as ir
     import onnxscript.optimizer
 
-    onnxscript.optimizer.optimize(model)
+    with _keep_tiny_constants():
+        onnxscript.optimizer.optimize(model)
     # the folded If nodes' branches still count as users in the IR: look at live nodes only
     graph = model.graph
     used = {v for node in ir.traversal.RecursiveGraphIterator(graph) for v in node.inputs}
     for name in [n for n, v in graph.initializers.items() if v not in used]:
         del graph.initializers[name]
     return model
+
+
+@contextlib.contextmanager
+def _keep_tiny_constants():
+    """Leave out onnxscript's no-op rewrite rules while optimising: they treat a scalar within
+    1e-8 of zero as zero, which turns EfficientViT's ``x + 1e-15`` into ``x`` and a 0/0 into NaN."""
+    import onnxscript.rewriter as rewriter
+    from onnxscript.rewriter.rules.common import _no_op
+
+    saved = rewriter._DEFAULT_REWRITE_RULES
+    no_op = set(_no_op.rules.rules)
+    rewriter._DEFAULT_REWRITE_RULES = tuple(r for r in saved if r not in no_op)
+    try:
+        yield
+    finally:
+        rewriter._DEFAULT_REWRITE_RULES = saved
 
 
 def export_image_encoder(model, path, resolution, opset=17):

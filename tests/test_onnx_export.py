@@ -151,3 +151,17 @@ def test_load_state_from_a_published_checkpoint(tiny_model, tmp_path):
     torch.save({"model": ckpt}, tmp_path / "ckpt.pt")
     with pytest.raises(Npsam3Error, match="ckpt.pt lacks 1 tensors"):
         load_state(other, load_checkpoint(tmp_path / "ckpt.pt"), "ckpt.pt")
+
+
+def test_tiny_epsilons_survive_the_graph_optimiser(tmp_path):
+    """onnxscript's no-op rules would turn x + 1e-15 into x (EfficientViT's attention eps), and
+    (x - x) / ((x - x) + 1e-15) into 0 / 0 = NaN."""
+    class Eps(torch.nn.Module):
+        def forward(self, x):
+            z = x - x
+            return z / (z + 1e-15)
+
+    x = torch.ones(1, 3)
+    (path,) = ox._export(Eps(), (x,), tmp_path / "eps.onnx", ["x"], ["y"], 17)
+    (y,) = ox.ort_session(path).run(None, {"x": x.numpy()})
+    assert np.isfinite(y).all() and (y == 0).all()
