@@ -134,7 +134,10 @@ def layer_norm(x, p, name, eps=1e-5):
         xc *= w
         xc += b
         out[i:j] = xc
-    parallel_for(rows, len(x), 256) if x.ndim == 2 else rows(None, None)
+    if x.ndim == 2:
+        parallel_for(rows, len(x), 256)
+    else:
+        rows(None, None)
     return out
 
 
