@@ -166,13 +166,18 @@ class Detector:
         detect() result; the pixel embedding is computed on the first call and kept in ``out``."""
         queries = out["queries"][0]
         if mask_queries is not None:
-            mask_queries = np.asarray(mask_queries, np.int64).reshape(-1)
-            if mask_queries.size and (mask_queries.min() < 0 or mask_queries.max() >= len(queries)):
-                raise ValueError(f"mask_queries must index the {len(queries)} queries")
-            queries = queries[mask_queries]
+            queries = queries[self._query_indices(mask_queries)]
         pixel_embed = self._pixel_embed(out)
         with self._stage("masks"):
             return mask_logits(self.segmentation, queries, pixel_embed)[None]
+
+    def _query_indices(self, mask_queries):
+        """mask_queries as int64 indices, each within [0, num_queries); else a ValueError."""
+        idx = np.asarray(mask_queries, np.int64).reshape(-1)
+        nq = self.config["num_queries"]
+        if idx.size and (idx.min() < 0 or idx.max() >= nq):
+            raise ValueError(f"mask_queries must index the {nq} queries")
+        return idx
 
     def predict_semantic_seg(self, out):
         """Semantic segmentation logits [1, 1, 4h, 4w] of a detect() result."""
@@ -186,6 +191,8 @@ class Detector:
         """Sam3Image.forward_grounding for one image and one prompt: detect() plus pred_masks
         [1, len(mask_queries), 4h, 4w] (all queries when mask_queries is None) and semantic_seg
         [1, 1, 4h, 4w] (None when semantic=False)."""
+        if mask_queries is not None:  # fail before the work, not after
+            mask_queries = self._query_indices(mask_queries)
         out = self.detect(backbone_fpn, language_features, language_mask, boxes, box_labels,
                           points, point_labels)
         out["pred_masks"] = self.predict_masks(out, mask_queries)
