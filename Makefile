@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) -m converters.demo
+	$(PY) -m npsam3_convert.demo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

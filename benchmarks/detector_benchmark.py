@@ -68,7 +68,7 @@ def run_numpy(bundle, feat, runs):
 def run_torch(feat, runs):
     import torch
 
-    from converters.reference import build_reference_detector, randomize_, reference_forward_grounding
+    from npsam3_convert.reference import build_reference_detector, randomize_, reference_forward_grounding
 
     model = randomize_(build_reference_detector(), seed=0)
     parts = {"geometry encoder": model.geometry_encoder, "fusion encoder": model.transformer.encoder,
@@ -134,8 +134,8 @@ def main():
     if args.worker:
         return worker(args)
 
-    from converters import export_detector
-    from converters.reference import build_reference_detector, randomize_
+    from npsam3_convert import export_detector
+    from npsam3_convert.reference import build_reference_detector, randomize_
 
     impls = ["numpy", "torch"] + ([] if args.no_ort else ["onnxruntime"])
     with tempfile.TemporaryDirectory() as tmp:

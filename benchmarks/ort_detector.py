@@ -41,7 +41,7 @@ def inputs(feat):
 def _wrapper(model, feat):
     import torch
 
-    from converters.reference import position_encodings
+    from npsam3_convert.reference import position_encodings
 
     class Detector(torch.nn.Module):
         """(fpn0, fpn1, fpn2, language_features, language_mask) -> forward_grounding outputs."""
@@ -246,7 +246,7 @@ def main():
         print(json.dumps({"median_s": med, "times_s": times, "peak_mib": peak}))
         return
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from converters.reference import build_reference_detector, randomize_
+    from npsam3_convert.reference import build_reference_detector, randomize_
 
     model = randomize_(build_reference_detector(), seed=0)
     with tempfile.TemporaryDirectory() as tmp:

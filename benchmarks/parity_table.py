@@ -16,8 +16,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from converters.parity import format_table, stage_errors  # noqa: E402
-from converters.reference import build_reference_detector, randomize_, reference_forward_grounding  # noqa: E402
+from npsam3_convert.parity import format_table, stage_errors  # noqa: E402
+from npsam3_convert.reference import build_reference_detector, randomize_, reference_forward_grounding  # noqa: E402
 from npsam3.detector import Detector  # noqa: E402
 from npsam3.detector.config import infer_config  # noqa: E402
 

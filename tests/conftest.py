@@ -14,14 +14,14 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 @pytest.fixture(scope="session")
 def reference_detector():
     """sam3's Sam3Image detector (no backbone), seeded random weights, eval mode."""
-    from converters.reference import build_reference_detector, randomize_
+    from npsam3_convert.reference import build_reference_detector, randomize_
 
     return randomize_(build_reference_detector(), seed=0)
 
 
 @pytest.fixture(scope="session")
 def detector_bundle(reference_detector, tmp_path_factory):
-    from converters import export_detector
+    from npsam3_convert import export_detector
 
     out = tmp_path_factory.mktemp("bundles") / "detector"
     export_detector(reference_detector.state_dict(), out)
@@ -49,7 +49,7 @@ def random_inputs(seed, feat_size=(72, 72), n_valid=5, context=32, d=256):
 def torch_model():
     """A SAM3-family Sam3Image from sam3's classes: the real detector and neck, a reduced ViT
     trunk and text encoder, seeded random weights."""
-    from converters.models import build_tiny_sam3_image_model
+    from npsam3_convert.models import build_tiny_sam3_image_model
 
     return build_tiny_sam3_image_model(seed=0)
 
@@ -57,8 +57,8 @@ def torch_model():
 @pytest.fixture(scope="session")
 def bundle(torch_model, tmp_path_factory):
     """torch_model exported with export_bundle (verified against PyTorch)."""
-    from converters.bundle import export_bundle
-    from converters.models import CONTEXT_LENGTH
+    from npsam3_convert.bundle import export_bundle
+    from npsam3_convert.models import CONTEXT_LENGTH
 
     out = tmp_path_factory.mktemp("e2e") / "bundle"
     export_bundle(torch_model, out, context_length=CONTEXT_LENGTH)

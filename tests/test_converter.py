@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import npsam3
-from converters import export_detector
-from converters.cli import main as convert_main
+from npsam3_convert import export_detector
+from npsam3_convert.cli import main as convert_main
 from npsam3.detector.config import infer_config, weight_shapes
 
 
@@ -145,7 +145,7 @@ def test_existing_output_needs_force(state_dict, tmp_path, capsys):
 
 
 def test_cli_error_has_no_traceback(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "converters.cli", str(tmp_path / "x.pt"),
+    r = subprocess.run([sys.executable, "-m", "npsam3_convert.cli", str(tmp_path / "x.pt"),
                         str(tmp_path / "o"), "--detector-only"], capture_output=True, text=True)
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from converters.parity import DETECTOR_STAGES, mask_iou, stage_errors
-from converters.reference import reference_forward_grounding, reference_postprocess
+from npsam3_convert.parity import DETECTOR_STAGES, mask_iou, stage_errors
+from npsam3_convert.reference import reference_forward_grounding, reference_postprocess
 from npsam3.postprocess import boxes_to_pixels, masks_to_image, query_scores, select_queries
 
 from .conftest import random_inputs

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import npsam3
-from converters.parity import mask_iou
+from npsam3_convert.parity import mask_iou
 
 from .conftest import ASSETS
 

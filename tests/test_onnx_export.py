@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from converters import onnx_export as ox
-from converters.checkpoint import load_checkpoint
-from converters.models import (CONTEXT_LENGTH, RESOLUTION, build_tiny_sam3_image_model,
+from npsam3_convert import onnx_export as ox
+from npsam3_convert.checkpoint import load_checkpoint
+from npsam3_convert.models import (CONTEXT_LENGTH, RESOLUTION, build_tiny_sam3_image_model,
                                load_state)
 from npsam3.errors import Npsam3Error
 

@@ -1,4 +1,4 @@
-"""converters.variants: which SAM3-family model a checkpoint holds, from {key: shape} alone.
+"""npsam3_convert.variants: which SAM3-family model a checkpoint holds, from {key: shape} alone.
 
 The fixtures are generated here from compact rules describing each architecture as the
 EfficientSAM3 fork builds it (RepViT m0.9/m1.1/m2.3, TinyViT 5m/11m/21m, EfficientViT b0/b1/b2,
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from converters.variants import check_overrides, detect_variant
+from npsam3_convert.variants import check_overrides, detect_variant
 from npsam3.detector.config import BUILDER_DEFAULTS, weight_shapes
 from npsam3.errors import Npsam3Error
 
@@ -595,7 +595,7 @@ def test_student_layouts_are_distinct():
 def test_module_does_not_import_torch():
     """variants.py is pure Python: loaded on its own it pulls in neither torch nor sam3."""
     code = ("import importlib.util, sys\n"
-            f"spec = importlib.util.spec_from_file_location('v', {str(ROOT / 'converters' / 'variants.py')!r})\n"
+            f"spec = importlib.util.spec_from_file_location('v', {str(ROOT / 'npsam3_convert' / 'variants.py')!r})\n"
             "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
             "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('torch', 'sam3'))\n"
             "sys.exit(1 if bad else 0)")

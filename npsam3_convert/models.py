@@ -41,7 +41,7 @@ def _assemble(vision_neck, text_encoder):
 
 
 def load_state(model, state, source):
-    """Load a normalised state dict (converters.checkpoint) into ``model``; every model tensor but
+    """Load a normalised state dict (npsam3_convert.checkpoint) into ``model``; every model tensor but
     the ViT's RoPE tables (``freqs_cis``, computed from the configuration) must be present.
     Returns the sorted checkpoint keys the model does not use (e.g. the SAM2 neck ``sam2_convs``)."""
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -77,7 +77,7 @@ def is_efficientsam3_fork():
 
 
 def build_image_model(variant, state, bpe_path=None, source="checkpoint"):
-    """Build the image model that converters.variants.detect_variant recognised and load ``state``.
+    """Build the image model that npsam3_convert.variants.detect_variant recognised and load ``state``.
 
     SAM3 builds with PyPI sam3 (or the fork); SAM3-LiteText and EfficientSAM3 need the fork. A
     MobileCLIP table longer than the context length (``truncate_after_load``: LiteText's 77 rows)

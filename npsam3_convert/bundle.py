@@ -1,52 +1,20 @@
-"""Writing bundles: stage everything in a temporary sibling folder, then rename it into place,
-so a failed or interrupted export never leaves a half-written bundle."""
+"""export_bundle: a built SAM3-family model -> a complete bundle (detector weights, ONNX encoders,
+vocabulary, manifest), verified against PyTorch."""
 
-import json
 import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
-import npsam3
-from npsam3.bundle import FORMAT, FORMAT_VERSION, MANIFEST, file_entry
+from safetensors.numpy import save_file
+
+from npsam3.detector import DETECTOR_FILE
 from npsam3.errors import Npsam3Error
+from npsam3.tokenizer import SimpleTokenizer
 
-
-@contextmanager
-def staged_bundle(out_dir, force=False):
-    """Yield a temporary folder next to ``out_dir``; on success it replaces ``out_dir``.
-
-    An existing non-empty ``out_dir`` is only replaced with ``force``; on any error the temporary
-    folder is removed and ``out_dir`` is left as it was.
-    """
-    out = Path(out_dir)
-    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
-        raise Npsam3Error(f"output {out} already exists and is not empty; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        out.rename(old / "previous")
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def write_manifest(bundle_dir, **fields):
-    """Write manifest.json listing every file in ``bundle_dir`` with its size and sha256."""
-    bundle_dir = Path(bundle_dir)
-    files = {p.name: file_entry(p) for p in sorted(bundle_dir.iterdir()) if p.name != MANIFEST}
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                "npsam3_version": npsam3.__version__, **fields, "files": files}
-    (bundle_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
-
+from .detector import detector_arrays
+from .models import default_bpe_path
+from .onnx_export import (export_image_encoder, export_text_encoder, verify_image_encoder,
+                          verify_text_encoder)
+from .staging import staged_bundle, write_manifest
 
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 PREPROCESSING = ("RGB uint8 resized to resolution x resolution (bilinear, antialiased, as "
@@ -61,14 +29,6 @@ def export_bundle(model, out_dir, *, context_length, bpe_path=None, verify=True,
     manifest.json. With ``verify``, onnxruntime is run against PyTorch on ``verify_image`` (a
     [1,3,R,R] preprocessed image; default: a smooth synthetic one) and a few prompts, and the export
     fails if any encoder output differs by more than ENCODER_TOL (relative). Returns the manifest."""
-    from npsam3.detector import DETECTOR_FILE
-    from npsam3.tokenizer import SimpleTokenizer
-    from safetensors.numpy import save_file
-
-    from .detector import detector_arrays
-    from .models import default_bpe_path
-    from .onnx_export import (export_image_encoder, export_text_encoder, verify_image_encoder,
-                              verify_text_encoder)
 
     bpe_path = Path(bpe_path or default_bpe_path())
     arrays, cfg = detector_arrays(model.state_dict(), "model")

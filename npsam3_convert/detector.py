@@ -9,8 +9,8 @@ from npsam3.detector import DETECTOR_FILE
 from npsam3.detector.config import PREFIXES, check_weights, infer_config
 from npsam3.errors import Npsam3Error
 
-from .bundle import staged_bundle, write_manifest
 from .checkpoint import load_checkpoint, normalize_state_dict
+from .staging import staged_bundle, write_manifest
 
 
 def detector_arrays(state, source):

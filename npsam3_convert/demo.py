@@ -20,10 +20,10 @@ BANNER = """
 
 
 def main():
-    from converters.bundle import export_bundle
-    from converters.cli import build_parser, model_from_checkpoint
-    from converters.models import CONTEXT_LENGTH, build_tiny_sam3_image_model
-    from converters.parity import parity_report
+    from npsam3_convert.bundle import export_bundle
+    from npsam3_convert.cli import build_parser, model_from_checkpoint
+    from npsam3_convert.models import CONTEXT_LENGTH, build_tiny_sam3_image_model
+    from npsam3_convert.parity import parity_report
 
     checkpoints = sorted(p for p in (ROOT / "weights").iterdir() if p.suffix in (".pt", ".pth"))
     if checkpoints:
