@@ -1,6 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both set up .venv on first use.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PIP := PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q
 # torch builds that pip installs from this kind of machine's disk (x86_64: CUDA build, runs on CPU)
 ifeq ($(shell uname -m),aarch64)
 TORCH := torch==2.9.1 torchvision==0.24.1
@@ -11,14 +12,18 @@ endif
 .PHONY: demo test
 
 $(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[convert,dev]'
-	touch $@
+	@echo "[1/4] creating the virtual environment $(VENV)"
+	@python3 -m venv $(VENV)
+	@echo "[2/4] upgrading pip"
+	@$(PIP) --upgrade pip
+	@echo "[3/4] installing $(TORCH) (for the converter and the reference tests; a few minutes)"
+	@$(PIP) $(TORCH)
+	@echo "[4/4] installing npsam3 with its convert and dev extras"
+	@$(PIP) -e '.[convert,dev]'
+	@touch $@
 
 demo: $(VENV)/.installed
-	$(PY) -m npsam3_convert.demo
+	@$(PY) -m npsam3_convert.demo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

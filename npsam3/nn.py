@@ -382,13 +382,22 @@ def _linear_source_indices(n_in, n_out):
     return i0, i1, (1 - lam1).astype(f32), lam1
 
 
-def interpolate_bilinear(x, size):
-    """F.interpolate(mode="bilinear", align_corners=False, antialias=False) of [..., H, W]."""
+def interpolate_bilinear(x, size, rows=slice(None), cols=slice(None)):
+    """F.interpolate(mode="bilinear", align_corners=False, antialias=False) of [..., H, W] to
+    size (Ho, Wo); ``rows`` / ``cols`` (slices of the output) compute one window of the result."""
     (h, w), (ho, wo) = x.shape[-2:], size
-    x0, x1, wx0, wx1 = _linear_source_indices(w, wo)
-    y0, y1, wy0, wy1 = _linear_source_indices(h, ho)
-    rows = x[..., x0] * wx0 + x[..., x1] * wx1  # [..., H, Wo]
-    return rows[..., y0, :] * wy0[:, None] + rows[..., y1, :] * wy1[:, None]
+    x0, x1, wx0, wx1 = (a[cols] for a in _linear_source_indices(w, wo))
+    y0, y1, wy0, wy1 = (a[rows] for a in _linear_source_indices(h, ho))
+    tmp = x[..., x0] * wx0 + x[..., x1] * wx1  # [..., H, Wo]
+    return tmp[..., y0, :] * wy0[:, None] + tmp[..., y1, :] * wy1[:, None]
+
+
+def bilinear_support(n_in, n_out, lo, hi):
+    """The output indices [a, b) of an align_corners=False linear resize from n_in to n_out whose
+    value depends on an input index in [lo, hi]: outside them, only other inputs contribute."""
+    i0, i1, _, _ = _linear_source_indices(n_in, n_out)
+    touched = np.flatnonzero((i1 >= lo) & (i0 <= hi))
+    return (int(touched[0]), int(touched[-1]) + 1) if touched.size else (0, 0)
 
 
 def _roi_axis_weights(start, size, pooled, n):

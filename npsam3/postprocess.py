@@ -2,7 +2,8 @@
 
     keep, scores = select_queries(out["pred_logits"], out["presence_logit_dec"], threshold)
     boxes = boxes_to_pixels(out["pred_boxes"][0, keep], height, width)
-    probs, masks = masks_to_image(mask_logits_of_kept, height, width)
+    probs, masks = masks_to_image(mask_logits_of_kept, height, width)   # or, one at a time:
+    mask = mask_to_image(mask_logits_of_kept[i], height, width)
 """
 
 import numpy as np
@@ -30,6 +31,25 @@ def select_queries(pred_logits, presence_logit, threshold, use_presence=True):
 def boxes_to_pixels(boxes_cxcywh, height, width):
     """Normalised cxcywh [N, 4] -> pixel xyxy [N, 4] of an image of the given size."""
     return nn.box_cxcywh_to_xyxy(boxes_cxcywh) * np.array([width, height, width, height], f32)
+
+
+def mask_to_image(mask_logits, height, width, band=256):
+    """One instance's mask logits [h, w] -> bool mask [H, W]: bilinear (align_corners=False) resize,
+    then sigmoid > 0.5, as the reference. Only the window of output pixels that a positive logit
+    reaches is computed (elsewhere every source is <= 0, and so is their convex combination), in
+    bands of ``band`` rows, so the float temporaries stay small however large the image."""
+    h, w = mask_logits.shape
+    mask = np.zeros((height, width), bool)
+    rows, cols = np.flatnonzero((mask_logits > 0).any(1)), np.flatnonzero((mask_logits > 0).any(0))
+    if not rows.size:
+        return mask
+    y_lo, y_hi = nn.bilinear_support(h, height, rows[0], rows[-1])
+    x_lo, x_hi = nn.bilinear_support(w, width, cols[0], cols[-1])
+    for y in range(y_lo, y_hi, band):
+        r = slice(y, min(y + band, y_hi))
+        up = nn.interpolate_bilinear(mask_logits, (height, width), r, slice(x_lo, x_hi))
+        mask[r, x_lo:x_hi] = nn.sigmoid(up) > 0.5
+    return mask
 
 
 def masks_to_image(mask_logits, height, width):

@@ -7,8 +7,11 @@
     state["masks"], state["boxes"], state["scores"]
 
 The state dict holds the image embedding, the prompts and the last detection; results are
-``masks`` bool [N, H, W], ``masks_logits`` float32 [N, H, W] (probabilities, named as in the
-reference), ``boxes`` float32 [N, 4] pixel xyxy and ``scores`` float32 [N], in query order.
+``boxes`` float32 [N, 4] pixel xyxy, ``scores`` float32 [N] (in query order, as the reference, or
+best first with ``sort_by_score``), ``masks`` bool [N, H, W] and ``masks_logits`` float32
+[N, H, W] (probabilities, named as in the reference). The two full-size mask arrays are made on
+first access, not by every prompt: ``low_res_masks`` [N, 4h, 4w] (logits) are what the detector
+gives, and ``iter_masks`` makes full-size masks one at a time.
 """
 
 import warnings
@@ -17,10 +20,43 @@ import numpy as np
 
 from .errors import Npsam3Error
 from .image import load_image, preprocess
-from .postprocess import boxes_to_pixels, masks_to_image, nms_masks, select_queries
+from .postprocess import (boxes_to_pixels, mask_to_image, masks_to_image, nms_masks,
+                          select_queries)
 
 BOXES_ONLY_TEXT = "visual"  # the text the reference uses for prompts made of boxes alone
-RESULT_KEYS = ("masks", "masks_logits", "boxes", "scores", "semantic_seg")
+RESULT_KEYS = ("masks", "masks_logits", "low_res_masks", "boxes", "scores", "semantic_seg")
+LAZY_KEYS = ("masks", "masks_logits")
+
+
+class State(dict):
+    """The processor's state: a dict in which ``masks`` and ``masks_logits`` (N x H x W each)
+    are computed on first access (``state["masks"]``, ``state.get``, ``in``) and then kept."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = {}
+
+    def __missing__(self, key):
+        if key not in self.lazy:
+            raise KeyError(key)
+        value = self[key] = self.lazy.pop(key)()
+        return value
+
+    def __contains__(self, key):
+        return dict.__contains__(self, key) or key in self.lazy
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def pop(self, key, *default):
+        if key in self.lazy:
+            self.lazy.pop(key)
+            return dict.pop(self, key, None)
+        return dict.pop(self, key, *default)
+
+    def clear(self):
+        self.lazy.clear()
+        dict.clear(self)
 
 
 def _check_threshold(threshold):
@@ -32,14 +68,15 @@ def _check_threshold(threshold):
 class Sam3Processor:
     """Concept segmentation on a loaded bundle (see the module docstring).
 
-    Beyond the reference, both off by default so that defaults reproduce it exactly:
+    Beyond the reference, off by default so that defaults reproduce it exactly:
     use_presence=False scores queries without the presence head; nms_iou=<float> removes kept
-    instances whose mask IoU with a higher-scoring one exceeds it. semantic=True also stores the
-    semantic segmentation logits [1, 1, 4h, 4w] in state["semantic_seg"].
+    instances whose mask IoU with a higher-scoring one exceeds it; semantic=True also stores the
+    semantic segmentation logits [1, 1, 4h, 4w] in state["semantic_seg"]; sort_by_score=True
+    orders the results best first (the reference keeps query order).
     """
 
     def __init__(self, model, confidence_threshold=0.5, use_presence=True, nms_iou=None,
-                 semantic=False):
+                 semantic=False, sort_by_score=False):
         self.model = model
         self.confidence_threshold = _check_threshold(confidence_threshold)
         self.use_presence = use_presence
@@ -47,10 +84,13 @@ class Sam3Processor:
             nms_iou = _check_threshold(nms_iou)
         self.nms_iou = nms_iou
         self.semantic = semantic
+        self.sort_by_score = sort_by_score
 
     def set_image(self, image, state=None):
-        """Encode an image (path, PIL image or uint8 [H, W, 3] array) once for all later prompts."""
-        state = {} if state is None else state
+        """Encode an image (path, PIL image or uint8 [H, W, 3] array) once for all later prompts.
+        Returns ``state`` (a new State when None; a plain dict given here gets its full-size
+        masks eagerly)."""
+        state = State() if state is None else state
         rgb = load_image(image)
         state.clear()
         state["original_height"], state["original_width"] = rgb.shape[:2]
@@ -144,17 +184,43 @@ class Sam3Processor:
         det, out = self.model.detector, state["detection"]
         keep, scores = select_queries(out["pred_logits"], out["presence_logit_dec"],
                                       self.confidence_threshold, self.use_presence)
+        if self.sort_by_score:
+            order = np.argsort(-scores, kind="stable")
+            keep, scores = keep[order], scores[order]
         h4, w4 = out["backbone_fpn"][0].shape[-2:]
         logits = det.predict_masks(out, keep)[0] if len(keep) else np.zeros((0, h4, w4), np.float32)
         if self.nms_iou is not None and len(keep):
             survivors = nms_masks(scores, logits, self.nms_iou)
             keep, scores, logits = keep[survivors], scores[survivors], logits[survivors]
         height, width = state["original_height"], state["original_width"]
+        for key in LAZY_KEYS:
+            state.pop(key, None)
         state["boxes"] = boxes_to_pixels(out["pred_boxes"][0, keep], height, width)
-        state["masks_logits"], state["masks"] = masks_to_image(logits, height, width)
         state["scores"] = scores.astype(np.float32)
+        state["low_res_masks"] = logits
         state["semantic_seg"] = det.predict_semantic_seg(out) if self.semantic else None
+        if isinstance(state, State):
+            state.lazy["masks"] = lambda: self._full_masks(state)
+            state.lazy["masks_logits"] = lambda: masks_to_image(logits, height, width)[0]
+        else:
+            state["masks_logits"], state["masks"] = masks_to_image(logits, height, width)
         return state
+
+    def _full_masks(self, state):
+        masks = np.empty((len(state["low_res_masks"]), state["original_height"],
+                          state["original_width"]), bool)
+        for i, mask in enumerate(self.iter_masks(state)):
+            masks[i] = mask
+        return masks
+
+    def iter_masks(self, state, order=None):
+        """The full-size bool masks [H, W] of the last results, one at a time (in ``order``, a
+        sequence of result indices; default all in order): for large images, where
+        ``state["masks"]`` would hold N x H x W at once."""
+        logits = state["low_res_masks"]
+        height, width = state["original_height"], state["original_width"]
+        for i in range(len(logits)) if order is None else order:
+            yield mask_to_image(logits[i], height, width)
 
 
 def _is_numeric(x):

@@ -23,12 +23,15 @@ ENCODER_TOL = 1e-4  # max relative error of the ONNX encoders against PyTorch at
 
 
 def export_bundle(model, out_dir, *, context_length, bpe_path=None, verify=True, force=False,
-                  resolution=1008, model_info=None, verify_image=None):
+                  resolution=1008, model_info=None, weights=None, verify_image=None):
     """Write a complete bundle for a built SAM3-family ``Sam3Image`` (torch, eval mode):
     detector.safetensors, image_encoder.onnx, text_encoder.onnx, the BPE vocabulary and
     manifest.json. With ``verify``, onnxruntime is run against PyTorch on ``verify_image`` (a
     [1,3,R,R] preprocessed image; default: a smooth synthetic one) and a few prompts, and the export
-    fails if any encoder output differs by more than ENCODER_TOL (relative). Returns the manifest."""
+    fails if any encoder output differs by more than ENCODER_TOL (relative). ``weights`` says where
+the weights come from, recorded in the manifest: ``{"checkpoint": name}`` or ``{"random": True,
+"seed": s}`` (then ``npsam3 info`` and ``segment`` warn that the masks are meaningless).
+Returns the manifest."""
 
     bpe_path = Path(bpe_path or default_bpe_path())
     arrays, cfg = detector_arrays(model.state_dict(), "model")
@@ -54,7 +57,7 @@ def export_bundle(model, out_dir, *, context_length, bpe_path=None, verify=True,
                 raise Npsam3Error("the ONNX encoders differ from PyTorch beyond "
                                   f"{ENCODER_TOL:g}: " + ", ".join(f"{k} {v:.1e}" for k, v in bad.items()))
         return write_manifest(
-            tmp, model=model_info or {"family": "sam3"}, detector=cfg,
+            tmp, model=model_info or {"family": "sam3"}, weights=weights or {}, detector=cfg,
             image_encoder={"file": "image_encoder.onnx", "resolution": resolution,
                            "input": "image", "outputs": ["backbone_fpn_0", "backbone_fpn_1",
                                                          "backbone_fpn_2"],

@@ -8,7 +8,7 @@
 import sys
 from pathlib import Path
 
-from npsam3.cli import Parser
+from npsam3.cli.common import Parser
 from npsam3.errors import Npsam3Error, run_command
 
 
@@ -70,7 +70,7 @@ def convert(args):
         model, v = model_from_checkpoint(source, args)
         manifest = export_bundle(
             model, args.target, context_length=v["context_length"], bpe_path=args.bpe,
-            verify=not args.no_verify, force=args.force,
+            verify=not args.no_verify, force=args.force, weights={"checkpoint": source.name},
             model_info={k: v[k] for k in ("family", "backbone", "variant", "text_encoder")})
     print(f"wrote bundle {args.target} ({', '.join(manifest['files'])})")
 
@@ -95,7 +95,23 @@ def parity(args):
         print(parity_report(model, bundle, args.target, args.prompt, args.threshold))
 
 
+def require_convert_extra():
+    """Converting needs torch and sam3 (the ``convert`` extra): say so in one line without them."""
+    import importlib.util
+
+    for name in ("torch", "sam3"):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ValueError:  # sys.modules[name] is None: blocked
+            found = False
+        if not found:
+            raise Npsam3Error(f"converting needs the convert extra ({name} is missing): pip "
+                              "install 'npsam3[convert]' (torch, sam3), or from a clone: "
+                              "pip install -e '.[convert]'")
+
+
 def run(args):
+    require_convert_extra()
     if args.parity:
         parity(args)
     elif args.prompt is not None:

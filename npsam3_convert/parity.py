@@ -51,14 +51,17 @@ def compare(actual, expected):
     return err, err / scale if scale else err
 
 
-def parity_report(model, bundle_dir, image, prompt, threshold=0.5):
-    """Run the PyTorch reference and npsam3 on one image and text prompt; return a report: the
-    error of every stage and, per instance kept by either side, both scores, the box difference
-    and the mask IoU.
+def concept_parity(model, bundle_dir, image, prompt, threshold=0.5):
+    """Run the PyTorch reference and npsam3 on one image and text prompt and compare them.
 
     model: the torch Sam3Image the bundle was made from; or None when only a bundle is at hand:
     then the reference detector is loaded from the bundle's weights and fed npsam3's encoder
-    outputs (the encoders themselves cannot be checked without PyTorch weights)."""
+    outputs (the encoders themselves cannot be checked without PyTorch weights).
+
+    Returns a dict: "title"; "rows", the error of every stage [(stage, max abs, max rel)];
+    "rgb", the image; "threshold"; "kept" / "ref_kept", the query indices each side keeps;
+    "instances", per query kept by both: {"query", "ref_score", "score", "box_diff" (pixels),
+    "iou", "ref_mask", "mask", "ref_box", "box"}; "only", a line per query kept by one side only."""
     import torch
     from PIL import Image
     from safetensors.numpy import load_file
@@ -106,28 +109,45 @@ def parity_report(model, bundle_dir, image, prompt, threshold=0.5):
     keep, scores = select_queries(ours["pred_logits"], ours["presence_logit_dec"], threshold)
     boxes = boxes_to_pixels(ours["pred_boxes"][0, keep], height, width)
     _, masks = masks_to_image(ours["pred_masks"][0, keep], height, width)
-    both, only = [], []
+    instances, only = [], []
     for q in np.union1d(keep, ref_keep):
         i, j = np.flatnonzero(keep == q), np.flatnonzero(ref_keep == q)
         if i.size and j.size:
             i, j = i[0], j[0]
-            both.append((int(q), float(want["scores"][j]), float(scores[i]),
-                         float(np.abs(boxes[i] - want["boxes"][j]).max()),
-                         mask_iou(masks[i], want["masks"][j])))
+            instances.append({"query": int(q), "ref_score": float(want["scores"][j]),
+                              "score": float(scores[i]),
+                              "box_diff": float(np.abs(boxes[i] - want["boxes"][j]).max()),
+                              "iou": mask_iou(masks[i], want["masks"][j]),
+                              "ref_mask": want["masks"][j], "mask": masks[i],
+                              "ref_box": want["boxes"][j], "box": boxes[i]})
         else:
             only.append(f"query {q} kept only by {'npsam3' if i.size else 'PyTorch'} (score "
                         f"{float(scores[i[0]] if i.size else want['scores'][j[0]]):.6f})")
     where = "end to end" if model is not None else "detector only (bundle weights, npsam3's encoder outputs)"
-    text = [f"parity of npsam3 vs PyTorch sam3 on {image} ({width}x{height}), prompt {prompt!r}: {where}",
-            format_table(["stage", "max abs error", "max rel error"], rows), "",
-            f"instances above {threshold}: PyTorch kept {len(ref_keep)}, npsam3 kept {len(keep)}, "
-            f"{len(both)} in common"]
+    return {"title": f"parity of npsam3 vs PyTorch sam3 on {image} ({width}x{height}), prompt "
+                     f"{prompt!r}: {where}",
+            "rows": rows, "rgb": rgb, "threshold": threshold, "kept": keep, "ref_kept": ref_keep,
+            "instances": instances, "only": only}
+
+
+def format_concept_report(result):
+    """The text report of a concept_parity result: the stage table, then the kept instances."""
+    both = result["instances"]
+    text = [result["title"], format_table(["stage", "max abs error", "max rel error"], result["rows"]),
+            "", f"instances above {result['threshold']}: PyTorch kept {len(result['ref_kept'])}, "
+            f"npsam3 kept {len(result['kept'])}, {len(both)} in common"]
     if both:
-        arr = np.array([r[1:] for r in both])
-        text.append(f"over the common ones: max score difference {np.abs(arr[:, 0] - arr[:, 1]).max():.2e}, "
-                    f"max box difference {arr[:, 2].max():.4f} px, min mask IoU {arr[:, 3].min():.6f}")
-        top = sorted(both, key=lambda r: -r[1])[:10]
+        score_diff = max(abs(r["ref_score"] - r["score"]) for r in both)
+        text.append(f"over the common ones: max score difference {score_diff:.2e}, max box "
+                    f"difference {max(r['box_diff'] for r in both):.4f} px, min mask IoU "
+                    f"{min(r['iou'] for r in both):.6f}")
+        top = sorted(both, key=lambda r: -r["ref_score"])[:10]
         text.append(format_table(["query", "score torch", "score npsam3", "box diff px", "mask IoU"],
-                                 [(q, f"{a:.5f}", f"{b:.5f}", f"{d:.4f}", f"{iou:.5f}")
-                                  for q, a, b, d, iou in top]))
-    return "\n".join(text + only)
+                                 [(r["query"], f"{r['ref_score']:.5f}", f"{r['score']:.5f}",
+                                   f"{r['box_diff']:.4f}", f"{r['iou']:.5f}") for r in top]))
+    return "\n".join(text + result["only"])
+
+
+def parity_report(model, bundle_dir, image, prompt, threshold=0.5):
+    """concept_parity as text: what ``npsam3-convert --parity`` prints."""
+    return format_concept_report(concept_parity(model, bundle_dir, image, prompt, threshold))

@@ -5,6 +5,7 @@ needs torch and sam3 (the ``convert`` extra).
 """
 
 import re
+import warnings
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ def patch_sam3_for_cpu():
     global _PATCHED
     if _PATCHED:
         return
+    # notices sam3 prints on every CPU run: no CUDA for its autocast decorators, torch.jit.script
+    warnings.filterwarnings("ignore", "CUDA is not available", UserWarning)
+    warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
     import sam3.model.decoder as decoder
     import sam3.model.position_encoding as position_encoding
 

@@ -132,3 +132,32 @@ def test_long_prompt_is_truncated_with_a_warning(np_model):
         proc.set_text_prompt("cat " * 50, state)
 
 
+
+
+def test_full_size_masks_are_made_on_first_access_only(np_model):
+    proc = npsam3.Sam3Processor(np_model, confidence_threshold=0.42)
+    state = proc.set_text_prompt("a coin", proc.set_image(ASSETS / "coins.jpg"))
+    n = len(state["scores"])
+    assert n > 3 and state["low_res_masks"].shape == (n, 288, 288)
+    assert not dict.__contains__(state, "masks") and not dict.__contains__(state, "masks_logits")
+    assert "masks" in state and state.get("masks_logits") is not None
+    np.testing.assert_array_equal(state["masks"], state["masks_logits"] > 0.5)
+    np.testing.assert_array_equal(np.stack(list(proc.iter_masks(state))), state["masks"])
+    eager = proc.set_text_prompt("a coin", proc.set_image(ASSETS / "coins.jpg", state={}))
+    assert type(eager) is dict and eager["masks"].shape == (n, 303, 384)
+    np.testing.assert_array_equal(eager["masks"], state["masks"])
+    proc.set_confidence_threshold(0.45, state)  # new results: the old full-size masks are gone
+    assert not dict.__contains__(state, "masks") and len(state["masks"]) == len(state["scores"]) < n
+
+
+def test_sort_by_score(np_model):
+    image = ASSETS / "coins.jpg"
+    plain = npsam3.Sam3Processor(np_model, confidence_threshold=0.42)
+    ranked = npsam3.Sam3Processor(np_model, confidence_threshold=0.42, sort_by_score=True)
+    a = plain.set_text_prompt("a coin", plain.set_image(image))
+    b = ranked.set_text_prompt("a coin", ranked.set_image(image))
+    order = np.argsort(-a["scores"], kind="stable")
+    assert not np.array_equal(order, np.arange(len(order)))  # query order is not score order
+    np.testing.assert_array_equal(b["scores"], a["scores"][order])
+    np.testing.assert_array_equal(b["boxes"], a["boxes"][order])
+    np.testing.assert_array_equal(b["masks"], a["masks"][order])

@@ -1,18 +1,19 @@
-"""npsam3.outputs: COCO RLE (checked against pycocotools), overlay, result JSON, atomic writes."""
+"""What the CLI writes: COCO RLE (npsam3.rle, checked against pycocotools), the overlay
+(npsam3.overlay), the result JSON (npsam3.results) and safe file writes (npsam3.files)."""
 
 import json
 import os
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from npsam3 import outputs
-from npsam3.outputs import (
-    counts_to_string, instance_color, json_bytes, overlay, result_json, rle_area, rle_counts,
-    rle_decode, rle_encode, save_json, save_png, string_to_counts, write_atomic,
-)
+from npsam3 import files, overlay as overlay_module
+from npsam3.files import OutputExists, write_atomic
+from npsam3.overlay import Overlay, instance_color, overlay
+from npsam3.results import is_npsam3_output, json_bytes, result_json, save_json, save_png
+from npsam3.rle import (counts_to_string, rle_area, rle_counts, rle_decode, rle_encode,
+                        string_to_counts)
 
 import pycocotools.mask as mask_util  # noqa: E402  (dev extra: the decoder users compare with)
 
@@ -135,23 +136,6 @@ def test_rle_rejects_bad_input():
         string_to_counts("1 2")
 
 
-def test_rle_encode_timing_4000x3000(capsys):
-    """Printed, not asserted (the machine may be shared)."""
-    mask = disks((4000, 3000), [((1500, 1200), 900), ((3000, 2000), 600), ((500, 2600), 300)])
-    rle_encode(mask[:100])  # warm up
-    best = min(_timed(rle_encode, mask) for _ in range(3))
-    assert rle_area(rle_encode(mask)) == int(mask.sum())
-    with capsys.disabled():
-        print(f"\n[npsam3.outputs] rle_encode of a 4000x3000 mask: {best * 1000:.1f} ms "
-              "(best of 3)")
-
-
-def _timed(f, *args):
-    t = time.perf_counter()
-    f(*args)
-    return time.perf_counter() - t
-
-
 # ---------------------------------------------------------------------------------------------
 # overlay
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +196,7 @@ def test_overlay_labels_clipped_inside_image_and_input_forms():
 
 
 def test_palette_cycles_deterministically():
-    n = len(outputs.PALETTE)
+    n = len(overlay_module.PALETTE)
     assert instance_color(0) == instance_color(n) != instance_color(1)
     assert len({instance_color(i) for i in range(n)}) == n
 
@@ -224,12 +208,12 @@ def test_palette_cycles_deterministically():
 def test_result_json_schema_and_round_trip():
     _, masks, boxes, _ = _scene()
     scores = np.array([0.873456789, np.float32(0.5)])
-    res = result_json("/some/dir/dog.jpg", (240, 320), "a dog", boxes + 0.123456, scores, masks,
-                      extra={"model": "sam3", "threshold": np.float32(0.5)})
-    assert res["format"] == "npsam3-segment" and res["format_version"] == 1
+    res = result_json("/some/dir/dog.jpg", (240, 320), boxes + 0.123456, scores, masks,
+                      extra={"prompt": "a dog", "model": "sam3", "threshold": np.float32(0.5)})
+    assert res["format"] == "npsam3-segment" and res["format_version"] == 2
     assert res["image"] == "dog.jpg" and res["prompt"] == "a dog"
     assert (res["height"], res["width"]) == (240, 320)
-    assert res["model"] == "sam3"
+    assert res["model"] == "sam3" and list(res)[-1] == "instances"
     inst = res["instances"]
     assert [i["id"] for i in inst] == [0, 1]
     assert inst[0]["score"] == 0.8735 and isinstance(inst[0]["score"], float)
@@ -243,20 +227,26 @@ def test_result_json_schema_and_round_trip():
     assert back["threshold"] == 0.5
     # Precomputed RLEs (as pycocotools gives them, with bytes) are accepted too.
     rles = [coco_encode(m) for m in masks]
-    res2 = result_json("dog.jpg", (240, 320), "a dog", boxes, scores, rles)
+    res2 = result_json("dog.jpg", (240, 320), boxes, scores, rles)
     assert [i["segmentation"] for i in res2["instances"]] == [i["segmentation"] for i in inst]
-    empty = result_json("x.png", (2, 3), "cat", np.zeros((0, 4)), [], np.zeros((0, 2, 3), bool))
+    empty = result_json("x.png", (2, 3), np.zeros((0, 4)), [], np.zeros((0, 2, 3), bool))
     assert empty["instances"] == [] and json.loads(json_bytes(empty)) == empty
+
+
+def test_result_json_clips_boxes_to_the_image():
+    masks = np.zeros((1, 40, 50), bool)
+    res = result_json("a.png", (40, 50), [[-3.5, 2, 61, 45]], [0.9], masks)
+    assert res["instances"][0]["box"] == [0.0, 2.0, 50.0, 40.0]
 
 
 def test_result_json_rejects_bad_input():
     masks = np.zeros((1, 4, 5), bool)
     with pytest.raises(ValueError):
-        result_json("a.png", (4, 5), "p", [[0, 0, 1, 1]], [0.5], masks, extra={"instances": []})
+        result_json("a.png", (4, 5), [[0, 0, 1, 1]], [0.5], masks, extra={"instances": []})
     with pytest.raises(ValueError):
-        result_json("a.png", (4, 6), "p", [[0, 0, 1, 1]], [0.5], masks)
+        result_json("a.png", (4, 6), [[0, 0, 1, 1]], [0.5], masks)
     with pytest.raises(ValueError):
-        result_json("a.png", (4, 5), "p", [[0, 0, 1, 1]], [0.5, 0.6], masks)
+        result_json("a.png", (4, 5), [[0, 0, 1, 1]], [0.5, 0.6], masks)
     with pytest.raises(ValueError):
         json_bytes({"score": float("nan")})
 
@@ -277,22 +267,53 @@ def test_write_atomic_failure_keeps_old_file(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("simulated crash before the rename")
 
-    monkeypatch.setattr(outputs.os, "replace", broken_replace)
+    monkeypatch.setattr(files.os, "replace", broken_replace)
     with pytest.raises(OSError):
         write_atomic(path, b"new")
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["out.png"]
 
 
+def test_write_atomic_without_overwrite_never_replaces(tmp_path):
+    path = tmp_path / "out.json"
+    write_atomic(path, b"first", overwrite=False)
+    with pytest.raises(OutputExists, match="exists already"):
+        write_atomic(path, b"second", overwrite=False)
+    assert path.read_bytes() == b"first" and os.listdir(tmp_path) == ["out.json"]
+
+
 def test_save_png_and_json(tmp_path):
     image, masks, boxes, scores = _scene()
     png = tmp_path / "dog.png"
-    save_png(png, overlay(image, masks, boxes, scores))
+    save_png(png, overlay(image, masks, boxes, scores), mark="segment")
+    assert is_npsam3_output(png)
     save_png(png, image)  # replaces
+    assert not is_npsam3_output(png)
     with Image.open(png) as im:
         np.testing.assert_array_equal(np.asarray(im.convert("RGB")), image)
-    res = result_json("dog.jpg", (240, 320), "a dog", boxes, scores, masks)
+    res = result_json("dog.jpg", (240, 320), boxes, scores, masks)
     js = tmp_path / "dog.json"
     save_json(js, res)
     assert json.loads(js.read_text(encoding="utf-8")) == res
     assert sorted(os.listdir(tmp_path)) == ["dog.json", "dog.png"]
+    assert not is_npsam3_output(js)
+
+
+def test_overlay_streamed_equals_whole_and_labels_do_not_pile_up():
+    image, masks, boxes, scores = _scene()
+    canvas = Overlay(image)
+    for i in (1, 0):
+        canvas.add(i, masks[i], boxes[i], scores[i], "a dog")
+    np.testing.assert_array_equal(np.asarray(canvas.image()),
+                                  np.asarray(overlay(image, masks, boxes, scores, "a dog")))
+    # ten boxes at the same corner: every label gets a place of its own
+    h, w = 200, 300
+    canvas = Overlay(np.zeros((h, w, 3), np.uint8))
+    for i in range(10):
+        canvas.add(i, None, [0, 0, 40, 30], 0.5 + i / 100, "thing")
+    placed = []
+    draw = __import__("PIL.ImageDraw", fromlist=["ImageDraw"]).Draw(Image.new("RGB", (w, h)))
+    for color, _, text in canvas.items:
+        canvas._label(draw, text, (0, 0, 30), color, placed)
+    assert len(placed) == 10 and all(
+        not overlay_module._overlaps(a, b) for i, a in enumerate(placed) for b in placed[:i])

@@ -1,0 +1,214 @@
+"""What the CLI commands share: argument types, the list of input images, where outputs go
+(never over an input, never over an earlier output without --force), the status line."""
+
+import argparse
+import os
+import re
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from ..errors import Npsam3Error
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+COORDINATE_FLAGS = ("--box", "--negative-box", "--point")  # values that may start with "-"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def numbers(text, names):
+    """'1,2,3' -> floats, one per name in ``names`` (e.g. "X0,Y0,X1,Y1"); argparse turns the
+    ArgumentTypeError into a one-line error."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    want = names.split(",")
+    if len(values) != len(want) or not all(map(_finite, values)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {names} ({len(want)} numbers)")
+    return values
+
+
+def _finite(v):
+    return v == v and abs(v) != float("inf")
+
+
+def pixel_box(text):
+    return numbers(text, "X0,Y0,X1,Y1")
+
+
+def threshold(text):
+    try:
+        t = float(text)
+    except ValueError:
+        t = -1.0
+    if not 0 <= t <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in [0, 1]")
+    return t
+
+
+def attach_values(argv, flags=COORDINATE_FLAGS):
+    """["--box", "-10,-10,100,100"] -> ["--box=-10,-10,100,100"]: argparse would take a value
+    that starts with "-" for an option."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in flags and i + 1 < len(argv) and re.match(r"-[\d.]", argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def clip_box(box, width, height):
+    """A pixel box [x0, y0, x1, y1] clipped to the image (with a notice when it reached outside);
+    one with zero area, inverted or wholly outside the image is an error."""
+    x0, y0, x1, y1 = box
+    text = f"{x0:g},{y0:g},{x1:g},{y1:g}"
+    if x1 <= x0 or y1 <= y0:
+        raise Npsam3Error(f"box {text} has zero area or is inverted (need X0 < X1 and Y0 < Y1)")
+    if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+        raise Npsam3Error(f"box {text} lies entirely outside the {width}x{height} image")
+    clipped = [max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)]
+    if clipped != list(box):
+        status.print("npsam3: notice: box {} reaches outside the {}x{} image; clipped to "
+                     "{:g},{:g},{:g},{:g}".format(text, width, height, *clipped), sys.stderr)
+    return clipped
+
+
+def list_images(paths):
+    """Image files as given, and the image files in given folders (sorted; PNGs that npsam3
+    wrote as outputs are skipped, so a rerun over an output folder does not segment its own
+    overlays). Every path must exist; the missing ones are named in one error."""
+    from ..results import is_npsam3_output
+
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise Npsam3Error("no such file or folder: " + ", ".join(missing))
+    found, seen = [], set()
+    for p in map(Path, paths):
+        files = [p] if not p.is_dir() else sorted(
+            f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            and not is_npsam3_output(f))
+        for f in files:
+            if f.resolve() not in seen:
+                seen.add(f.resolve())
+                found.append(f)
+    if not found:
+        raise Npsam3Error("no image files in " + ", ".join(paths))
+    return found
+
+
+def output_names(images):
+    """A distinct file-name stem per image: its own stem, ``stem_ext`` where stems collide,
+    then ``_2``, ``_3``, ... (independent of the order in which the clashing names come)."""
+    stems = Counter(p.stem for p in images)
+    names, used = [], set()
+    for p in images:
+        name = p.stem if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}"
+        base, k = name, 2
+        while name in used:
+            name, k = f"{base}_{k}", k + 1
+        used.add(name)
+        names.append(name)
+    return names
+
+
+class Outputs:
+    """Where each image's results go: ``OUT/<name>.<kind>.json`` and ``.png``. Decided before any
+    work: an image whose outputs would replace an input file is refused (even with --force), one
+    whose outputs exist is refused without --force. The folder is made only when the first file
+    is written; the writes themselves never replace a file without --force (see files.write_atomic)."""
+
+    def __init__(self, out_dir, images, kind, force):
+        self.dir, self.kind, self.force = Path(out_dir), kind, force
+        inputs = {os.path.realpath(p) for p in images}
+        self.files, self.refused = {}, {}
+        for image, name in zip(images, output_names(images)):
+            files = (self.dir / f"{name}.{kind}.json", self.dir / f"{name}.{kind}.png")
+            clash = [f for f in files if os.path.realpath(f) in inputs]
+            exist = [f for f in files if f.exists()]
+            if clash:
+                self.refused[image] = f"its output {clash[0]} would replace an input file"
+            elif exist and not force:
+                self.refused[image] = f"{exist[0]} exists (pass --force to replace it)"
+            else:
+                self.files[image] = files
+
+    def write(self, image, result, picture):
+        """Write the JSON and the overlay PNG of ``image``; both or neither (an error in the
+        second removes the first). Returns the two paths."""
+        from ..results import save_json, save_png
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        js, png = self.files[image]
+        save_png(png, picture, overwrite=self.force, mark=self.kind)
+        try:
+            save_json(js, result, overwrite=self.force)
+        except BaseException:
+            png.unlink(missing_ok=True)
+            raise
+        return js, png
+
+
+class StatusLine:
+    """One transient line on a terminal's stderr saying what is being done; erased before any
+    other output (so results and messages never run into it). Silent when stderr is not a tty."""
+
+    def __init__(self, stream=None):
+        self.stream = stream
+        self.shown = False
+
+    def _out(self):
+        return self.stream or sys.stderr
+
+    def show(self, text):
+        out = self._out()
+        if out.isatty():
+            width = (os.get_terminal_size(out.fileno()).columns or 80) - 1
+            out.write("\r\033[K" + text[:width])
+            out.flush()
+            self.shown = True
+
+    def clear(self):
+        if self.shown:
+            self._out().write("\r\033[K")
+            self._out().flush()
+            self.shown = False
+
+    def print(self, text, file=None):
+        self.clear()
+        print(text, file=file or sys.stdout, flush=True)
+
+
+status = StatusLine()
+
+
+def progress_text(i, n, name, start, what="segmenting"):
+    """'[#####.....] 3/8 eta 12s  segmenting dog.jpg' for image i (0-based) of n, started at
+    ``start`` (time.time()); no bar for a single image."""
+    if n == 1:
+        return f"{what} {name} ..."
+    done = int(20 * i / n)
+    eta = f"eta {(time.time() - start) / i * (n - i):.0f}s" if i else "eta ?"
+    return f"[{'#' * done}{'.' * (20 - done)}] {i}/{n} {eta}  {what} {name}"
+
+
+def load_bundle(path, **options):
+    """npsam3.load_model with a status line, and a warning when the bundle's weights are random."""
+    from ..model import load_model
+
+    status.show(f"loading bundle {path} ...")
+    model = load_model(path, **options)
+    weights = model.manifest.get("weights") or {}
+    if weights.get("random"):
+        status.print(f"npsam3: warning: bundle {path} holds RANDOM weights (seed "
+                     f"{weights.get('seed')}, a demo): its masks are meaningless", sys.stderr)
+    return model

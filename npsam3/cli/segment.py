@@ -1,0 +1,101 @@
+"""``npsam3 segment``: every instance of a concept (text and/or exemplar boxes) in images."""
+
+import sys
+import time
+
+from ..errors import Npsam3Error
+from .common import (Outputs, clip_box, list_images, load_bundle, pixel_box, progress_text,
+                     status, threshold)
+
+
+def add_parser(sub):
+    s = sub.add_parser(
+        "segment", help="segment every instance of a concept in images",
+        description="Segment every instance of the prompted concept. Writes "
+        "OUT/<image>.segment.json (scores, boxes, COCO RLE masks, best first) and "
+        "OUT/<image>.segment.png (overlay); an existing output is replaced only with --force, "
+        "an input never.")
+    s.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    s.add_argument("--bundle", required=True, help="bundle folder made by npsam3-convert")
+    s.add_argument("--prompt", help='the concept, e.g. "a dog" (optional with --box)')
+    s.add_argument("--box", type=pixel_box, action="append", default=[], metavar="X0,Y0,X1,Y1",
+                   help="positive exemplar box in pixels (repeatable; clipped to the image)")
+    s.add_argument("--negative-box", type=pixel_box, action="append", default=[],
+                   metavar="X0,Y0,X1,Y1", help="negative exemplar box in pixels (repeatable)")
+    s.add_argument("--threshold", type=threshold, default=0.5, help="score threshold (default 0.5)")
+    s.add_argument("--nms-iou", type=threshold, help="mask-IoU NMS of the kept instances (off by default)")
+    s.add_argument("--no-presence", action="store_true",
+                   help="score without the presence head (for weak distilled presence heads)")
+    s.add_argument("--out", required=True, help="output folder (created when the first file is written)")
+    s.add_argument("--force", action="store_true", help="replace existing output files")
+    s.set_defaults(run=run)
+
+
+def run(args):
+    from ..image import load_image
+    from ..processor import Sam3Processor
+
+    if args.prompt is not None and not args.prompt.strip():
+        raise Npsam3Error("the text prompt is empty")
+    if args.prompt is None and not (args.box or args.negative_box):
+        raise Npsam3Error("give --prompt, --box, or both")
+    images = list_images(args.images)
+    outputs = Outputs(args.out, images, "segment", args.force)
+    for image, reason in outputs.refused.items():
+        status.print(f"npsam3: error: {image}: {reason}", sys.stderr)
+    todo = [p for p in images if p in outputs.files]
+    failed = 0
+    if todo:
+        model = load_bundle(args.bundle)
+        proc = Sam3Processor(model, confidence_threshold=args.threshold, nms_iou=args.nms_iou,
+                             use_presence=not args.no_presence, sort_by_score=True)
+        start = time.time()
+        for n, path in enumerate(todo):
+            status.show(progress_text(n, len(todo), path.name, start))
+            try:
+                rgb = load_image(path)
+                segment_one(proc, args, path, rgb, outputs)
+            except Npsam3Error as e:
+                failed += 1
+                where = "" if str(path) in str(e) else f"{path}: "
+                status.print(f"npsam3: error: {where}{e}", sys.stderr)
+        status.clear()
+    refused = len(outputs.refused)
+    if refused:
+        status.print(f"npsam3: {refused} of {len(images)} image(s) refused: outputs exist or "
+                     "would replace inputs (see above)", sys.stderr)
+    if failed:
+        status.print(f"npsam3: {failed} of {len(images)} image(s) failed", sys.stderr)
+    return 1 if failed or refused else 0
+
+
+def segment_one(proc, args, path, rgb, outputs):
+    """Segment one image and write its two outputs, one full-size mask at a time."""
+    from ..overlay import Overlay
+    from ..results import result_json
+    from ..rle import rle_encode
+
+    height, width = rgb.shape[:2]
+    exemplars = [(clip_box(b, width, height), True) for b in args.box] + \
+                [(clip_box(b, width, height), False) for b in args.negative_box]
+    t = time.time()
+    state = proc.set_image(rgb)
+    proc.set_prompts(state, args.prompt,
+                     [[(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width,
+                       (y1 - y0) / height] for (x0, y0, x1, y1), _ in exemplars],
+                     [positive for _, positive in exemplars])
+    boxes, scores = state["boxes"], state["scores"]
+    canvas, rles = Overlay(rgb), [None] * len(scores)
+    order = range(len(scores) - 1, -1, -1)  # the best last, on top of the overlay
+    for i, mask in zip(order, proc.iter_masks(state, order)):
+        rles[i] = rle_encode(mask)
+        canvas.add(i, mask, boxes[i], scores[i], args.prompt or "exemplar")
+    seconds = time.time() - t
+    result = result_json(path, (height, width), boxes, scores, rles, extra={
+        "prompt": args.prompt,
+        "exemplars": [{"box": box, "positive": positive} for box, positive in exemplars],
+        "threshold": args.threshold, "nms_iou": args.nms_iou, "presence": not args.no_presence,
+        "seconds": round(seconds, 3), "bundle": str(args.bundle)})
+    js, png = outputs.write(path, result, canvas.image())
+    best = f", best score {scores[0]:.2f}" if len(scores) else ""
+    status.print(f"{path}: {len(scores)} instance(s){best}, {seconds:.1f} s; wrote {js} and {png}")
