@@ -1,4 +1,6 @@
-"""Detector speed and memory: npsam3 (NumPy) vs the PyTorch reference on the same random inputs.
+"""Detector speed and memory: npsam3 on both kernel sets (onnxruntime's fused kernels, the
+default, and pure NumPy), the PyTorch reference and onnxruntime on the reference's full ONNX
+export, on the same random inputs.
 
     python benchmarks/detector_benchmark.py [--runs 5] [--rounds 2] [--feat 72] [--native-blas]
 
@@ -46,11 +48,11 @@ def inputs(feat):
     return fpn, feats, np.arange(32)[None] >= 5
 
 
-def run_numpy(bundle, feat, runs):
+def run_npsam3(bundle, feat, runs, kernels):
     import npsam3
 
     t = time.perf_counter()
-    det = npsam3.load_detector(bundle)
+    det = npsam3.load_detector(bundle, kernels=kernels)
     load = time.perf_counter() - t
     fpn, feats, mask = inputs(feat)
     times = []
@@ -96,9 +98,12 @@ def run_ort(onnx_path, feat, runs):
     return [{"total": t} for t in times], {}
 
 
+NPSAM3 = {"npsam3": "onnxruntime", "npsam3-numpy": "numpy"}  # worker -> kernel set
+
+
 def worker(args):
-    if args.worker == "numpy":
-        times, extra = run_numpy(args.bundle, args.feat, args.runs)
+    if args.worker in NPSAM3:
+        times, extra = run_npsam3(args.bundle, args.feat, args.runs, NPSAM3[args.worker])
     elif args.worker == "onnxruntime":
         times, extra = run_ort(os.path.join(args.bundle, "detector.onnx"), args.feat, args.runs)
     else:
@@ -126,7 +131,7 @@ def main():
     ap.add_argument("--feat", type=int, default=72, help="lowest FPN level size (72 = 1008 px)")
     ap.add_argument("--native-blas", action="store_true")
     ap.add_argument("--no-ort", action="store_true", help="skip the onnxruntime export and timing")
-    ap.add_argument("--worker", choices=["numpy", "torch", "onnxruntime"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=[*NPSAM3, "torch", "onnxruntime"], help=argparse.SUPPRESS)
     ap.add_argument("--bundle", help=argparse.SUPPRESS)
     args = ap.parse_args()
     here = os.path.dirname(os.path.abspath(__file__))
@@ -137,7 +142,7 @@ def main():
     from npsam3_convert import export_detector
     from npsam3_convert.reference import build_reference_detector, randomize_
 
-    impls = ["numpy", "torch"] + ([] if args.no_ort else ["onnxruntime"])
+    impls = [*NPSAM3, "torch"] + ([] if args.no_ort else ["onnxruntime"])
     with tempfile.TemporaryDirectory() as tmp:
         bundle = os.path.join(tmp, "detector")
         model = randomize_(build_reference_detector(), seed=0)
@@ -155,7 +160,7 @@ def main():
                 results[impl].append(spawn(impl, args, bundle))
 
     med = {impl: {s: 1000 * statistics.median(t[s] for res in results[impl] for t in res["times"])
-                  for s in STAGES + ["total"]} for impl in ("numpy", "torch")}
+                  for s in STAGES + ["total"]} for impl in (*NPSAM3, "torch")}
     peak = {impl: max(res["peak_mib"] for res in rs) for impl, rs in results.items()}
     blas = "native OpenBLAS kernels" if args.native_blas else \
         f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
@@ -164,18 +169,21 @@ def main():
           f"{os.cpu_count()} cores")
     work = gflop(args.feat)
     work["total"] = sum(work.values())
-    print(f"{'stage':20s} {'GFLOP':>6s} {'npsam3 ms':>10s} {'torch ms':>10s} {'ratio':>6s}")
+    print(f"{'stage':20s} {'GFLOP':>6s} {'npsam3 ms':>10s} {'numpy ms':>10s} {'torch ms':>10s} "
+          f"{'ratio':>6s} {'numpy':>6s}")
     for s in STAGES + ["total"]:
-        a, b = med["numpy"][s], med["torch"][s]
-        print(f"{s:20s} {work[s] / 1e9:6.1f} {a:10.1f} {b:10.1f} {a / b:6.2f}")
-    print(f"{'peak RSS (MiB)':20s} {'':6s} {peak['numpy']:10.0f} {peak['torch']:10.0f} "
-          f"{peak['numpy'] / peak['torch']:6.2f}")
+        a, n, b = med["npsam3"][s], med["npsam3-numpy"][s], med["torch"][s]
+        print(f"{s:20s} {work[s] / 1e9:6.1f} {a:10.1f} {n:10.1f} {b:10.1f} {a / b:6.2f} {n / b:6.2f}")
+    print(f"{'peak RSS (MiB)':20s} {'':6s} {peak['npsam3']:10.0f} {peak['npsam3-numpy']:10.0f} "
+          f"{peak['torch']:10.0f} {peak['npsam3'] / peak['torch']:6.2f} "
+          f"{peak['npsam3-numpy'] / peak['torch']:6.2f}")
+    print("(ratio: npsam3 with onnxruntime kernels / torch; numpy: npsam3 pure NumPy / torch)")
     if "onnxruntime" in results:
         ort = 1000 * statistics.median(t["total"] for res in results["onnxruntime"] for t in res["times"])
         print(f"onnxruntime (ONNX export of the reference, all 200 masks): {ort:.1f} ms, "
               f"peak RSS {peak['onnxruntime']:.0f} MiB; npsam3 / onnxruntime: time "
-              f"{med['numpy']['total'] / ort:.2f}, peak RSS {peak['numpy'] / peak['onnxruntime']:.2f}")
-    load = statistics.median(res["bundle load"] for res in results["numpy"])
+              f"{med['npsam3']['total'] / ort:.2f}, peak RSS {peak['npsam3'] / peak['onnxruntime']:.2f}")
+    load = statistics.median(res["bundle load"] for res in results["npsam3"])
     print(f"npsam3 bundle load: {1000 * load:.0f} ms")
 
 

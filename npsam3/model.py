@@ -1,5 +1,7 @@
 """A loaded bundle: tokenizer, text encoder, image encoder and NumPy detector, checked together."""
 
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from .bundle import read_manifest
@@ -7,6 +9,9 @@ from .detector import load_detector
 from .encoders import ImageEncoder, TextEncoder
 from .errors import Npsam3Error
 from .tokenizer import SimpleTokenizer
+
+
+TEXT_CACHE = 256  # distinct prompts whose text features a model keeps (32 KB each at 32 tokens)
 
 
 class Model:
@@ -19,6 +24,25 @@ class Model:
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
+        self._text_cache = OrderedDict()
+        self._text_lock = threading.Lock()
+
+    def text_features(self, prompt):
+        """(language_features [L, 1, C], language_mask [1, L], truncated) of one prompt. The text
+        encoder runs once per distinct token sequence: the last TEXT_CACHE are kept, so a folder
+        run with one prompt encodes it once. Thread-safe; callers must not modify the arrays."""
+        ids, truncated = self.tokenizer.tokenize(prompt, self.context_length)
+        key = ids.tobytes()
+        with self._text_lock:
+            if key in self._text_cache:
+                self._text_cache.move_to_end(key)
+                return (*self._text_cache[key], bool(truncated[0]))
+        feats, mask = self.text_encoder(ids)
+        with self._text_lock:
+            self._text_cache[key] = (feats, mask)
+            while len(self._text_cache) > TEXT_CACHE:
+                self._text_cache.popitem(last=False)
+        return feats, mask, bool(truncated[0])
 
     @property
     def resolution(self):
@@ -37,14 +61,16 @@ def _section(manifest, name, bundle_dir):
     return sec
 
 
-def load_model(bundle_dir, verify=True):
-    """Load a full bundle. ``verify`` checks every file against the manifest's sha256 first."""
+def load_model(bundle_dir, verify=True, kernels=None):
+    """Load a full bundle. ``verify`` checks every file against the manifest's sha256 first;
+    ``kernels`` ("onnxruntime" or "numpy") picks the primitives' implementation for this model
+    (default: NPSAM3_KERNELS, else onnxruntime; see npsam3.kernels)."""
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir, verify=verify)
     img = _section(manifest, "image_encoder", bundle_dir)
     txt = _section(manifest, "text_encoder", bundle_dir)
     tok = _section(manifest, "tokenizer", bundle_dir)
-    detector = load_detector(bundle_dir, verify=False)
+    detector = load_detector(bundle_dir, verify=False, kernels=kernels)
     try:
         resolution, context_length = int(img["resolution"]), int(txt["context_length"])
     except (KeyError, TypeError, ValueError):

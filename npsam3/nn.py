@@ -18,6 +18,8 @@ from contextlib import contextmanager
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from . import kernels
+
 f32 = np.float32
 LOG2E = f32(math.log2(math.e))
 
@@ -200,8 +202,21 @@ def _mask_bias(key_padding_mask):
     return np.where(key_padding_mask, f32(-np.inf), f32(0))
 
 
-def attention(q, k, v, num_heads, attn_bias=None, key_padding_mask=None, block=128):
-    """Scaled dot-product attention over heads, [Nq, E] x [Nk, E] -> [Nq, E].
+def attention(q, k, v, num_heads, attn_bias=None, key_padding_mask=None):
+    """Scaled dot-product attention over heads, [Nq, E] x [Nk, E] -> [Nq, E]: onnxruntime's fused
+    kernel where the selected kernels allow it (npsam3.kernels), else ``attention_numpy``.
+
+    attn_bias: optional additive [heads, Nq, Nk]; key_padding_mask: optional bool [Nk], True = ignore.
+    """
+    if kernels.selected() == "onnxruntime":
+        out = kernels.attention(q, k, v, num_heads, attn_bias, key_padding_mask)
+        if out is not None:
+            return out
+    return attention_numpy(q, k, v, num_heads, attn_bias, key_padding_mask)
+
+
+def attention_numpy(q, k, v, num_heads, attn_bias=None, key_padding_mask=None, block=128):
+    """Scaled dot-product attention over heads in NumPy, [Nq, E] x [Nk, E] -> [Nq, E].
 
     Work items are (head, block of queries); the scores of one item, [block, Nk], stay in cache.
     Softmax in base 2 (log2(e) folded into the query scale: exp2 is twice as fast as exp), and
@@ -260,13 +275,25 @@ def attention_folded(q, key, value, wk, wv, bv, num_heads, attn_bias=None, key_p
 # --- convolution and resampling on [C, H, W] maps --------------------------------------------
 
 def conv2d(x, p, name, padding=0):
-    """nn.Conv2d, stride 1: [Ci, H, W] -> [Co, Ho, Wo].
+    """nn.Conv2d, stride 1: [Ci, H, W] -> [Co, Ho, Wo]. A k x k kernel (k > 1) runs on
+    onnxruntime's convolution where the selected kernels allow it (npsam3.kernels), else
+    ``conv2d_numpy``; 1 x 1 is a matrix product."""
+    w, b = p[f"{name}.weight"], p[f"{name}.bias"]
+    if w.shape[-1] > 1 and kernels.selected() == "onnxruntime":
+        out = kernels.conv2d(x, w, b, padding)
+        if out is not None:
+            return out
+    return conv2d_numpy(x, w, b, padding)
+
+
+def conv2d_numpy(x, w, b, padding=0):
+    """nn.Conv2d with stride 1 in NumPy: [Ci, H, W] x weight [Co, Ci, k, k] -> [Co, Ho, Wo].
 
     A k x k kernel is k*k GEMMs on shifted views of the zero-padded input, flattened row-major with
     the padded width, so every shift is a contiguous slice (the wrap-around columns are cut). Output
-    rows are split over threads and accumulated a few rows at a time, in cache.
+    rows are split over threads and accumulated a few rows at a time, in cache; 3 x 3 with
+    padding 1 on even sizes is Winograd F(2x2, 3x3).
     """
-    w, b = p[f"{name}.weight"], p[f"{name}.bias"]
     co, ci, kh, kw = w.shape
     _, h, wd = x.shape
     if kh == kw == 3 and padding == 1 and h % 2 == 0 and wd % 2 == 0:

@@ -101,11 +101,10 @@ class Sam3Processor:
     def _encode_text(self, prompt, state):
         if not isinstance(prompt, str) or not prompt.strip():
             raise Npsam3Error("the text prompt is empty")
-        ids, truncated = self.model.tokenizer.tokenize(prompt, self.model.context_length)
-        if truncated[0]:
+        feats, mask, truncated = self.model.text_features(prompt)
+        if truncated:
             warnings.warn(f"the prompt is longer than the model's {self.model.context_length} "
                           "tokens and was truncated", stacklevel=3)
-        feats, mask = self.model.text_encoder(ids)
         state["backbone_out"].update(language_features=feats, language_mask=mask)
 
     def _require_image(self, state):

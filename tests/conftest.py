@@ -28,11 +28,20 @@ def detector_bundle(reference_detector, tmp_path_factory):
     return out
 
 
+KERNEL_SETS = ["onnxruntime", "numpy"]
+
+
+@pytest.fixture(scope="session", params=KERNEL_SETS)
+def kernels(request):
+    """The primitives' implementation under test: the golden tests run on both (npsam3.kernels)."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
-def np_detector(detector_bundle):
+def np_detector(detector_bundle, kernels):
     import npsam3
 
-    return npsam3.load_detector(detector_bundle)
+    return npsam3.load_detector(detector_bundle, kernels=kernels)
 
 
 def random_inputs(seed, feat_size=(72, 72), n_valid=5, context=32, d=256):
@@ -70,3 +79,11 @@ def np_model(bundle):
     import npsam3
 
     return npsam3.load_model(bundle)
+
+
+@pytest.fixture(scope="session")
+def np_model_on(bundle, kernels):
+    """The bundle's model on each kernel set in turn (for the golden end-to-end tests)."""
+    import npsam3
+
+    return npsam3.load_model(bundle, kernels=kernels)

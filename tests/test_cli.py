@@ -145,7 +145,7 @@ def test_segment_with_exemplar_boxes_over_the_edge(bundle, tmp_path):
 
 def test_box_only_run_records_its_boxes(bundle, tmp_path):
     r = npsam3_cli("segment", ASSETS / "coffee.jpg", "--bundle", bundle, "--box", "10,20,300,390",
-                   "--threshold", "0.3", "--out", tmp_path)
+                   "--threshold", "0.3", "--kernels", "numpy", "--out", tmp_path)
     assert r.returncode == 0, r.stderr
     result = json.loads((tmp_path / "coffee.segment.json").read_text())
     assert result["prompt"] is None
@@ -240,6 +240,9 @@ def test_info(bundle):
     assert "6 fusion-encoder / 6 decoder / 3 geometry layers" in r.stdout
     assert "verified at export: backbone_fpn_0" in r.stdout
     assert "weights: RANDOM (seed 0)" in r.stdout
+    assert "kernels: attention, conv2d from onnxruntime" in r.stdout
+    r = npsam3_cli("info", bundle, env={**os.environ, "NPSAM3_KERNELS": "numpy"})
+    assert "kernels: NumPy only (NPSAM3_KERNELS=numpy)" in r.stdout
 
 
 def test_help_and_version_are_instant():

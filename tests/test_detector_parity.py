@@ -7,6 +7,8 @@ same PyTorch model run with 1 and with 2 threads differs by ~2e-7 .. 9e-7 relati
 than max(2 x that floor, 2e-6).
 """
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -36,13 +38,29 @@ CASES = {
 SIZES = [(72, 72), (40, 56)]
 
 
-def run_both(reference_detector, np_detector, case, feat_size, seed=1):
+def case_inputs(case, feat_size, seed=1):
     fpn, feats, mask = random_inputs(seed, feat_size, case["n_valid"])
     prompts = {k: np.array(v, np.float32 if k in ("boxes", "points") else bool)
                for k, v in case.items() if k != "n_valid"}
-    ref = reference_forward_grounding(reference_detector, fpn, feats, mask, **prompts)
+    return fpn, feats, mask, prompts
+
+
+@functools.lru_cache(maxsize=None)
+def reference_outputs(reference_detector, name, feat_size, threads=None):
+    """The reference's outputs for CASES[name]: the same for both kernel sets, so computed once."""
+    fpn, feats, mask, prompts = case_inputs(CASES[name], feat_size)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads or saved)
+    try:
+        return reference_forward_grounding(reference_detector, fpn, feats, mask, **prompts)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def run_both(reference_detector, np_detector, name, feat_size):
+    fpn, feats, mask, prompts = case_inputs(CASES[name], feat_size)
     ours = np_detector.forward_grounding(fpn, feats, mask, **prompts)
-    return ours, ref
+    return ours, reference_outputs(reference_detector, name, feat_size)
 
 
 @pytest.mark.parametrize("feat_size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -50,7 +68,7 @@ def run_both(reference_detector, np_detector, case, feat_size, seed=1):
 def test_stages_and_postprocessing_match_reference(reference_detector, np_detector, name,
                                                    feat_size):
     case = CASES[name]
-    ours, ref = run_both(reference_detector, np_detector, case, feat_size)
+    ours, ref = run_both(reference_detector, np_detector, name, feat_size)
     n_geo = len(case.get("boxes", [])) + len(case.get("points", [])) + 1  # exemplars + CLS
     assert ours["geometry_features"].shape == (n_geo, 1, 256)
 
@@ -99,14 +117,9 @@ def test_mask_queries_subset_and_no_semantic(reference_detector, np_detector):
 
 def test_error_within_reference_noise_floor(reference_detector, np_detector):
     """npsam3 vs reference (2 threads) is no larger than the reference's own 1- vs 2-thread spread."""
-    case = CASES["text+pos/neg-boxes"]
-    ours, ref2 = run_both(reference_detector, np_detector, case, (72, 72))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _, ref1 = run_both(reference_detector, np_detector, case, (72, 72))
-    finally:
-        torch.set_num_threads(threads)
+    name = "text+pos/neg-boxes"
+    ours, ref2 = run_both(reference_detector, np_detector, name, (72, 72))
+    ref1 = reference_outputs(reference_detector, name, (72, 72), threads=1)
     floor = {stage: rel for stage, _, rel in stage_errors(ref1, ref2)}
     for stage, _, rel in stage_errors(ours, ref2):
         assert rel <= max(2 * floor[stage], 2e-6), f"{stage}: {rel:.2e} vs floor {floor[stage]:.2e}"

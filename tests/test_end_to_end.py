@@ -8,6 +8,8 @@ The threshold of each case sits in the widest gap between consecutive reference 
 85th percentile, so that ~30 instances survive and none is within reach of rounding.
 """
 
+import functools
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -45,28 +47,37 @@ def threshold_in_a_gap(scores):
     return float(s[i] + s[i + 1]) / 2, float(s[i] - s[i + 1])
 
 
-@pytest.mark.parametrize("photo, text, boxes", CASES, ids=[
-    f"{c[0].split('.')[0]}-{'text' if c[1] else 'boxes'}{'+' + str(len(c[2])) + 'box' if c[1] and c[2] else ''}"
-    for c in CASES])
-def test_processor_matches_pytorch(torch_model, np_model, photo, text, boxes):
+@functools.lru_cache(maxsize=None)
+def reference_results(torch_model, case):
+    """PyTorch Sam3Processor's scores, boxes and masks of CASES[case] at threshold 0 (computed
+    once for both kernel sets)."""
     from sam3.model.sam3_image_processor import Sam3Processor as TorchProcessor
 
+    photo, text, boxes = CASES[case]
     image = Image.open(ASSETS / photo).convert("RGB")
     ref_proc = TorchProcessor(torch_model, device="cpu", confidence_threshold=0.0)
     ref = run_prompts(ref_proc, ref_proc.set_image(image), text, boxes)
-    ref_scores = ref["scores"].numpy()
+    return ref["scores"].numpy(), ref["boxes"].numpy(), ref["masks"].numpy()[:, 0]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[
+    f"{c[0].split('.')[0]}-{'text' if c[1] else 'boxes'}{'+' + str(len(c[2])) + 'box' if c[1] and c[2] else ''}"
+    for c in CASES])
+def test_processor_matches_pytorch(torch_model, np_model_on, case):
+    photo, text, boxes = CASES[case]
+    image = Image.open(ASSETS / photo).convert("RGB")
+    ref_scores, ref_boxes, ref_masks = reference_results(torch_model, case)
     assert len(ref_scores) == 200 and ref_scores.std() > 0.01
     threshold, gap = threshold_in_a_gap(ref_scores)
     assert gap > 2 * SCORE_TOL
     keep = ref_scores > threshold  # exactly what the reference's _forward_grounding keeps
 
-    proc = npsam3.Sam3Processor(np_model, confidence_threshold=threshold)
+    proc = npsam3.Sam3Processor(np_model_on, confidence_threshold=threshold)
     state = run_prompts(proc, proc.set_image(image), text, boxes)
     assert state["masks"].shape == (keep.sum(), image.height, image.width)
     np.testing.assert_allclose(state["scores"], ref_scores[keep], atol=SCORE_TOL)
-    np.testing.assert_allclose(state["boxes"], ref["boxes"].numpy()[keep], atol=BOX_TOL_PX)
-    ref_masks = ref["masks"].numpy()[keep, 0]
-    ious = [mask_iou(a, b) for a, b in zip(state["masks"], ref_masks)]
+    np.testing.assert_allclose(state["boxes"], ref_boxes[keep], atol=BOX_TOL_PX)
+    ious = [mask_iou(a, b) for a, b in zip(state["masks"], ref_masks[keep])]
     assert min(ious) >= MASK_IOU_MIN, min(ious)
     assert any(m.any() for m in state["masks"])  # not a vacuous comparison
 
@@ -161,3 +172,19 @@ def test_sort_by_score(np_model):
     np.testing.assert_array_equal(b["scores"], a["scores"][order])
     np.testing.assert_array_equal(b["boxes"], a["boxes"][order])
     np.testing.assert_array_equal(b["masks"], a["masks"][order])
+
+
+def test_text_features_are_encoded_once_per_prompt(bundle):
+    model = npsam3.load_model(bundle)
+    calls = []
+    encode = model.text_encoder.session.run
+    model.text_encoder.session.run = lambda *a, **k: calls.append(1) or encode(*a, **k)
+    proc = npsam3.Sam3Processor(model, confidence_threshold=0.45)
+    for photo in ("coins.jpg", "chelsea.jpg", "coins.jpg"):
+        state = proc.set_text_prompt("a coin", proc.set_image(ASSETS / photo))
+    assert len(calls) == 1
+    first = model.text_features("a coin")
+    proc.set_text_prompt("A  Coin ", state)  # the same tokens: no new encoder run
+    proc.set_text_prompt("a cat", state)
+    assert len(calls) == 2
+    np.testing.assert_array_equal(first[0], model.text_features("a coin")[0])

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from npsam3 import nn
+from npsam3 import kernels, nn
 
 rng = np.random.default_rng(0)
 
@@ -52,14 +52,16 @@ def test_interpolate_nearest(size):
     close(nn.interpolate_nearest(x, size), want, rtol=0)
 
 
+@pytest.mark.parametrize("kernel_set", ["onnxruntime", "numpy"])
 @pytest.mark.parametrize("k, pad, size", [(3, 1, (11, 9)), (3, 1, (12, 10)), (3, 1, (144, 144)),
                                           (1, 0, (11, 9)), (7, 0, (11, 9))])
-def test_conv2d(k, pad, size):
-    """(3, 1) on even sizes is the Winograd path; the others are shifted GEMMs."""
+def test_conv2d(k, pad, size, kernel_set):
+    """NumPy: (3, 1) on even sizes is the Winograd path, the others are shifted GEMMs."""
     x = rng.standard_normal((6, *size), dtype=np.float32)
     conv = torch.nn.Conv2d(6, 5, k, padding=pad)
     p = {"c.weight": conv.weight.detach().numpy(), "c.bias": conv.bias.detach().numpy()}
-    close(nn.conv2d(x, p, "c", padding=pad), conv(torch.from_numpy(x)[None])[0])
+    with kernels.use(kernel_set):
+        close(nn.conv2d(x, p, "c", padding=pad), conv(torch.from_numpy(x)[None])[0])
 
 
 def test_group_norm_and_layer_norm():
@@ -88,7 +90,8 @@ def test_sine_position_encodings():
     close(nn.gen_sineembed_for_position(boxes), gen_sineembed_for_position(torch.from_numpy(boxes)[:, None])[:, 0])
 
 
-def test_attention_matches_multihead_attention():
+@pytest.mark.parametrize("kernel_set", ["onnxruntime", "numpy"])
+def test_attention_matches_multihead_attention(kernel_set):
     mha = torch.nn.MultiheadAttention(32, 4)
     torch.nn.init.normal_(mha.in_proj_bias)
     p = {f"a.{k}": v.detach().numpy() for k, v in mha.state_dict().items()}
@@ -99,7 +102,10 @@ def test_attention_matches_multihead_attention():
     want = mha(torch.from_numpy(q)[:, None], torch.from_numpy(kv)[:, None], torch.from_numpy(kv)[:, None],
                key_padding_mask=torch.from_numpy(pad)[None],
                attn_mask=torch.from_numpy(bias), need_weights=False)[0][:, 0]
-    close(nn.multi_head_attention(q, kv, kv, p, "a", 4, attn_bias=bias, key_padding_mask=pad), want)
+    with kernels.use(kernel_set):
+        close(nn.multi_head_attention(q, kv, kv, p, "a", 4, attn_bias=bias, key_padding_mask=pad), want)
+        close(nn.multi_head_attention(q[:3], kv, kv, p, "a", 4, attn_bias=bias[:, :3],
+                                      key_padding_mask=pad), want[:3])  # few queries: folded
 
 
 def test_sigmoid_and_inverse_sigmoid():

@@ -11,6 +11,7 @@ def add_parser(sub):
 
 def run(args):
     from ..bundle import read_manifest
+    from ..kernels import describe
 
     m = read_manifest(args.bundle)
     d = m.get("detector", {})
@@ -39,6 +40,7 @@ def run(args):
                      f"presence token {'yes' if d['presence_token'] else 'no'}, boxRPB {d['box_rpb']}")
     for name, err in m.get("verification", {}).items():
         lines.append(f"verified at export: {name} max relative error {err:.1e}")
+    lines.append(describe())
     for name, f in m["files"].items():
         lines.append(f"file {name}: {f['bytes'] / 2**20:.1f} MiB, sha256 {f['sha256'][:16]}... (checked)")
     print("\n".join(lines))

@@ -4,6 +4,7 @@ import sys
 import time
 
 from ..errors import Npsam3Error
+from ..kernels import KERNELS
 from .common import (Outputs, clip_box, list_images, load_bundle, pixel_box, progress_text,
                      status, threshold)
 
@@ -26,6 +27,8 @@ def add_parser(sub):
     s.add_argument("--nms-iou", type=threshold, help="mask-IoU NMS of the kept instances (off by default)")
     s.add_argument("--no-presence", action="store_true",
                    help="score without the presence head (for weak distilled presence heads)")
+    s.add_argument("--kernels", choices=KERNELS, help="primitives' implementation: onnxruntime's "
+                   "fused kernels where they work (default) or pure NumPy (env NPSAM3_KERNELS)")
     s.add_argument("--out", required=True, help="output folder (created when the first file is written)")
     s.add_argument("--force", action="store_true", help="replace existing output files")
     s.set_defaults(run=run)
@@ -46,7 +49,7 @@ def run(args):
     todo = [p for p in images if p in outputs.files]
     failed = 0
     if todo:
-        model = load_bundle(args.bundle)
+        model = load_bundle(args.bundle, kernels=args.kernels)
         proc = Sam3Processor(model, confidence_threshold=args.threshold, nms_iou=args.nms_iou,
                              use_presence=not args.no_presence, sort_by_score=True)
         start = time.time()

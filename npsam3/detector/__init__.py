@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import nn
+from ..kernels import check as check_kernels, use as use_kernels
 from ..bundle import load_weights, read_manifest
 from ..errors import Npsam3Error
 from .config import check_weights
@@ -47,8 +48,9 @@ class Detector:
     """Geometry encoder, fusion encoder, decoder, dot-product scoring and segmentation head over
     a dict of float32 weights with the reference's names."""
 
-    def __init__(self, weights, config):
+    def __init__(self, weights, config, kernels=None):
         self.config = config
+        self.kernels = check_kernels(kernels) if kernels else None  # None: kernels.selected()
         self.geometry = _sub(weights, "geometry_encoder.")
         self.encoder = _sub(weights, "transformer.encoder.")
         self.decoder = _sub(weights, "transformer.decoder.")
@@ -58,9 +60,10 @@ class Detector:
 
     @contextmanager
     def _stage(self, name):
-        """Run a stage with the thread pool in charge of BLAS and record its wall time."""
+        """Run a stage with the thread pool in charge of BLAS and this detector's kernels, and
+        record its wall time."""
         t = time.perf_counter()
-        with nn.parallel_region():
+        with nn.parallel_region(), use_kernels(self.kernels):
             yield
         self.timings[name] = time.perf_counter() - t
 
@@ -200,8 +203,9 @@ class Detector:
         return out
 
 
-def load_detector(bundle_dir, verify=True):
-    """Read a bundle's manifest, check its hashes and the detector tensors, return a Detector."""
+def load_detector(bundle_dir, verify=True, kernels=None):
+    """Read a bundle's manifest, check its hashes and the detector tensors, return a Detector
+    (``kernels``: "onnxruntime", "numpy", or None for npsam3.kernels.selected())."""
     manifest = read_manifest(bundle_dir, verify=verify)
     cfg = manifest.get("detector")
     if not isinstance(cfg, dict) or DETECTOR_FILE not in manifest["files"]:
@@ -212,4 +216,4 @@ def load_detector(bundle_dir, verify=True):
         check_weights({k: v.shape for k, v in weights.items()}, cfg, path)
     except KeyError as e:
         raise Npsam3Error(f"{Path(bundle_dir) / 'manifest.json'}: detector config lacks {e}") from None
-    return Detector(weights, cfg)
+    return Detector(weights, cfg, kernels)
