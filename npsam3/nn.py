@@ -495,13 +495,15 @@ def box_cxcywh_to_xyxy(b):
 
 
 # --- primitives of the interactive SAM heads ---------------------------------------------------
+# Kernels without threads of their own: the heads call them on cache-sized bands of a map from
+# their own parallel_for (the transposed convolutions and norms here are local along rows).
 
 # Abramowitz & Stegun 7.1.26, the approximation inside torch's vectorised CPU erf (and so its GELU):
 # erfc(u) = t P(t) exp(-u^2) for u >= 0, t = 1 / (1 + p u); |error| <= 1.5e-7.
 # Python floats: the arithmetic keeps the dtype of the array (float32 in gelu, float64 in erf).
 ERF_P = 0.3275911
 ERF_A = [1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592]
-ELEMENTWISE_BLOCK = 1 << 16  # elements per block: temporaries stay in L2, big enough for threads
+ELEMENTWISE_BLOCK = 1 << 14  # elements per block of gelu: its temporaries stay in L1/L2
 
 
 def _horner(coefs, x):
@@ -534,42 +536,29 @@ def erf(x):
 
 
 def gelu(x):
-    """nn.GELU() (the exact erf form) of a float32 array, in place, in blocks split over threads:
+    """nn.GELU() (the exact erf form) of a contiguous float32 array, in place:
     x/2 (1 + erf(x / sqrt 2)) = relu(x) - |x|/2 erfc(|x| / sqrt 2), no cancellation for x < 0."""
     flat = x.reshape(-1)
-
-    def blocks(i, j):
-        for a in range(i, j, ELEMENTWISE_BLOCK):
-            xb = flat[a:min(a + ELEMENTWISE_BLOCK, j)]
-            ax = np.abs(xb)
-            q = _erfc_nonnegative(ax * f32(math.sqrt(0.5)))
-            q *= ax
-            q *= f32(0.5)
-            np.maximum(xb, 0, out=xb)
-            xb -= q
-    parallel_for(blocks, len(flat), ELEMENTWISE_BLOCK)
+    for a in range(0, len(flat), ELEMENTWISE_BLOCK):
+        xb = flat[a:a + ELEMENTWISE_BLOCK]
+        ax = np.abs(xb)
+        q = _erfc_nonnegative(ax * f32(math.sqrt(0.5)))
+        q *= ax
+        q *= f32(0.5)
+        np.maximum(xb, 0, out=xb)
+        xb -= q
     return x
 
 
 def layer_norm_2d(x, p, name, eps=1e-6):
-    """LayerNorm2d (sam3/sam/common.py): LayerNorm over the channels of a [C, H, W] map; pixels
-    are split over threads."""
-    w, b = p[f"{name}.weight"][:, None], p[f"{name}.bias"][:, None]
-    flat = x.reshape(len(x), -1)
-    out = np.empty(flat.shape, f32)
-    step = max(1, ELEMENTWISE_BLOCK // len(x))
-
-    def cols(i, j):
-        for a in range(i, j, step):
-            xb = flat[:, a:min(a + step, j)]
-            xc = xb - xb.mean(0)
-            var = np.mean(xc * xc, 0)
-            xc /= np.sqrt(var + f32(eps))
-            xc *= w
-            xc += b
-            out[:, a:a + xc.shape[1]] = xc
-    parallel_for(cols, flat.shape[1], step)
-    return out.reshape(x.shape)
+    """LayerNorm2d (sam3/sam/common.py): LayerNorm over axis 0 (channels) of [C, ...]."""
+    w, b = p[f"{name}.weight"], p[f"{name}.bias"]
+    xc = x - x.mean(0)
+    var = np.mean(xc * xc, 0)
+    xc /= np.sqrt(var + f32(eps))
+    xc *= w.reshape(-1, *[1] * (x.ndim - 1))
+    xc += b.reshape(-1, *[1] * (x.ndim - 1))
+    return xc
 
 
 def conv2d_patch(x, p, name):
@@ -579,25 +568,22 @@ def conv2d_patch(x, p, name):
     co, ci, k, _ = w.shape
     ho, wo = x.shape[1] // k, x.shape[2] // k
     patches = x[:, :ho * k, :wo * k].reshape(ci, ho, k, wo, k).transpose(0, 2, 4, 1, 3)
-    out = matmul(w.reshape(co, -1), patches.reshape(ci * k * k, -1))
+    out = w.reshape(co, -1) @ patches.reshape(ci * k * k, -1)
     out += b[:, None]
     return out.reshape(co, ho, wo)
 
 
 def conv_transpose2d(x, p, name):
     """nn.ConvTranspose2d with stride = kernel size k, no padding: [Ci, H, W] -> [Co, kH, kW].
-    The output pixels never overlap: one GEMM [k*k*Co, Ci] @ [Ci, HW], then kernel tap (a, b)
-    fills the pixels (k i + a, k j + b)."""
+    The outputs never overlap: one GEMM [k*k*Co, Ci] @ [Ci, HW], then kernel tap (a, c) fills the
+    pixels (k i + a, k j + c). Output rows k i .. k i + k - 1 depend on input row i alone."""
     w, b = p[f"{name}.weight"], p[f"{name}.bias"]
     ci, co, k, _ = w.shape
     _, h, wd = x.shape
-    taps = matmul(np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(-1, ci), x.reshape(ci, -1))
+    taps = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(-1, ci) @ x.reshape(ci, -1)
     taps = taps.reshape(k, k, co, h, wd)
     out = np.empty((co, h, k, wd, k), f32)
-
-    def channels(i, j):
-        for a in range(k):
-            for c in range(k):
-                np.add(taps[a, c, i:j], b[i:j, None, None], out=out[i:j, :, a, :, c])
-    parallel_for(channels, co)
+    for a in range(k):
+        for c in range(k):
+            np.add(taps[a, c], b[:, None, None], out=out[:, :, a, :, c])
     return out.reshape(co, k * h, k * wd)

@@ -32,7 +32,7 @@ __all__ = ["DEFAULTS", "SamHeads"]
 
 class SamHeads:
     """Prompt encoder, mask decoder and post-processing over two dicts of float32 weights named
-    as the reference's sam_prompt_encoder / sam_mask_decoder state_dicts (without those prefixes)."""
+    as the reference's sam_prompt_encoder / sam_mask_decoder state_dicts (without the prefixes)."""
 
     def __init__(self, prompt_encoder_weights, mask_decoder_weights, config=None):
         self.config = {**DEFAULTS, **(config or {})}
@@ -64,6 +64,10 @@ class SamHeads:
         with multimask_output, else 1.
         """
         cfg = self.config
+        if point_coords is not None:
+            point_coords, point_labels = np.asarray(point_coords, f32), np.asarray(point_labels)
+        if mask_input is not None:
+            mask_input = np.asarray(mask_input, f32)
         if boxes is not None:
             box_coords = np.asarray(boxes, f32).reshape(-1, 2, 2)
             box_labels = np.tile(np.array([[2, 3]], np.int32), (len(box_coords), 1))
@@ -75,8 +79,9 @@ class SamHeads:
         size = (cfg["image_size"], cfg["image_size"])
         self.timings = {}
         with self._stage("prompt encoder"):
-            sparse, dense = prompt_encoder.forward(self.prompt_encoder_weights, point_coords, point_labels,
-                                           mask_input, size, self.dense_pe.shape[-2:])
+            sparse, dense = prompt_encoder.forward(self.prompt_encoder_weights, point_coords,
+                                                   point_labels, mask_input, size,
+                                                   self.dense_pe.shape[-2:])
         with self._stage("mask decoder"):
             low_res_masks, iou_predictions, _, _ = mask_decoder.forward(
                 self.mask_decoder_weights, features["image_embed"], self.dense_pe, sparse, dense,
@@ -84,7 +89,6 @@ class SamHeads:
                 cfg["stability_delta"], cfg["stability_thresh"])
         with self._stage("postprocess"):
             masks = postprocess_masks(low_res_masks, orig_hw or size, cfg["max_hole_area"],
-                                      cfg["mask_threshold"])
-            if not return_logits:
-                masks = masks > f32(cfg["mask_threshold"])
+                                      cfg["mask_threshold"],
+                                      None if return_logits else cfg["mask_threshold"])
         return masks, iou_predictions, np.clip(low_res_masks, -32, 32)

@@ -13,6 +13,7 @@ from .. import nn
 from .transformer import two_way_transformer
 
 f32 = np.float32
+BAND_ROWS = 4  # input rows per band of the upscaling: a band's [C/4, 8, 2w] output stays in cache
 
 
 def _mlp(x, p, name):
@@ -23,15 +24,35 @@ def _mlp(x, p, name):
     return nn.mlp(x, p, name, n)
 
 
-def output_upscaling(p, src, feat_s0, feat_s1):
-    """output_upscaling with high-res features: src [C, h, w], feat_s0 [C/8, 4h, 4w], feat_s1
-    [C/4, 2h, 2w] -> GELU(ConvT(GELU(LN2d(ConvT(src) + feat_s1))) + feat_s0) [C/8, 4h, 4w]."""
-    x = nn.conv_transpose2d(src, p, "output_upscaling.0")
-    x += feat_s1
-    x = nn.gelu(nn.layer_norm_2d(x, p, "output_upscaling.1"))
-    x = nn.conv_transpose2d(x, p, "output_upscaling.3")
-    x += feat_s0
-    return nn.gelu(x)
+def upscaled_masks(p, src, feat_s0, feat_s1, hyper_in):
+    """output_upscaling with high-res features, then the hypernetwork product: src [C, h, w],
+    feat_s0 [C/8, 4h, 4w], feat_s1 [C/4, 2h, 2w], hyper_in [M, C/8] -> masks [M, 4h, 4w] =
+    hyper_in @ GELU(ConvT(GELU(LN2d(ConvT(src) + feat_s1))) + feat_s0).
+
+    Output rows 2i, 2i + 1 of each transposed convolution come from input row i alone, so both
+    stages run on bands of rows over threads, in cache; the [C/8, 4h, 4w] upscaled embedding
+    never exists whole."""
+    c, h, w = src.shape
+    x = np.empty((c // 4, 2 * h, 2 * w), f32)
+    masks = np.empty((len(hyper_in), 4 * h, 4 * w), f32)
+
+    def stage1(i, j):
+        for a in range(i, j, BAND_ROWS):
+            b = min(a + BAND_ROWS, j)
+            y = nn.conv_transpose2d(src[:, a:b], p, "output_upscaling.0")
+            y += feat_s1[:, 2 * a:2 * b]
+            x[:, 2 * a:2 * b] = nn.gelu(nn.layer_norm_2d(y, p, "output_upscaling.1"))
+
+    def stage2(i, j):
+        for a in range(i, j, BAND_ROWS):
+            b = min(a + BAND_ROWS, j)
+            y = nn.conv_transpose2d(x[:, a:b], p, "output_upscaling.3")
+            y += feat_s0[:, 2 * a:2 * b]
+            masks[:, 2 * a:2 * b] = (hyper_in @ nn.gelu(y).reshape(len(y), -1)).reshape(
+                len(hyper_in), 2 * (b - a), 4 * w)
+    nn.parallel_for(stage1, h)
+    nn.parallel_for(stage2, 2 * h)
+    return masks
 
 
 def predict_masks(p, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
@@ -58,11 +79,8 @@ def predict_masks(p, image_embeddings, image_pe, sparse_prompt_embeddings, dense
     feat_s0, feat_s1 = (f[0] for f in high_res_features)
     hyper_in = np.stack([_mlp(mask_tokens_out[:, i], p, f"output_hypernetworks_mlps.{i}")
                          for i in range(num_mask_tokens)], 1)  # [B, M, C/8]
-    masks = []
-    for hyper, keys in zip(hyper_in, src):
-        upscaled = output_upscaling(p, keys.T.reshape(c, h, w), feat_s0, feat_s1)
-        masks.append(nn.matmul(hyper, upscaled.reshape(len(upscaled), -1)))
-    masks = np.stack(masks).reshape(b, num_mask_tokens, 4 * h, 4 * w)
+    masks = np.stack([upscaled_masks(p, keys.T.reshape(c, h, w), feat_s0, feat_s1, hyper)
+                      for hyper, keys in zip(hyper_in, src)])
 
     iou_pred = nn.sigmoid(_mlp(iou_token_out, p, "iou_prediction_head"))
     object_score_logits = _mlp(hs[:, 0], p, "pred_obj_score_head")
@@ -85,8 +103,8 @@ def dynamic_multimask_via_stability(all_mask_logits, all_iou_scores, stability_d
     IoU (the first on ties) -> masks [B, 1, H, W], iou [B, 1]."""
     batch = np.arange(len(all_iou_scores))
     best = np.argmax(all_iou_scores[:, 1:], -1) + 1
-    is_stable = get_stability_scores(all_mask_logits[:, 0], stability_delta) >= f32(stability_thresh)
-    choice = np.where(is_stable, 0, best)
+    stability = get_stability_scores(all_mask_logits[:, 0], stability_delta)
+    choice = np.where(stability >= f32(stability_thresh), 0, best)
     return all_mask_logits[batch, choice][:, None], all_iou_scores[batch, choice][:, None]
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from .. import nn
 
 f32 = np.float32
+RESIZE_BAND = 64  # output rows per band of resize_masks
 
 
 def _runs(binary):
@@ -65,32 +66,68 @@ def _paint(shape, rows, starts, stops, values):
     return np.cumsum(d, 1, dtype=np.int32)[:, :-1]
 
 
-def connected_components(binary):
-    """connected_components_cpu_single of a [H, W] bool map: labels [H, W] int32 as
-    skimage.measure.label (0 off, components numbered from 1 in raster order of their first
-    pixel) and the area of each pixel's component [H, W] int32 (0 off)."""
+def _components(binary):
+    """Runs of a [H, W] bool map (rows, starts, stops), each run's component index (components
+    in raster order of their first pixel) and each component's area."""
     rows, starts, stops = _runs(binary)
     roots = _roots(len(rows), *_touching_runs(rows, starts, stops, binary.shape[1]))
     _, component = np.unique(roots, return_inverse=True)
     areas = np.bincount(component, weights=stops - starts).astype(np.int32)
-    return (_paint(binary.shape, rows, starts, stops, component.astype(np.int32) + 1),
-            _paint(binary.shape, rows, starts, stops, areas[component]))
+    return (rows, starts, stops), component.astype(np.int32), areas
+
+
+def connected_components(binary):
+    """connected_components_cpu_single of a [H, W] bool map: labels [H, W] int32 as
+    skimage.measure.label (0 off, components numbered from 1 in raster order of their first
+    pixel) and the area of each pixel's component [H, W] int32 (0 off)."""
+    runs, component, areas = _components(binary)
+    return _paint(binary.shape, *runs, component + 1), _paint(binary.shape, *runs, areas[component])
 
 
 def fill_holes(mask_logits, max_hole_area, mask_threshold=0.0):
     """Background components (logit <= mask_threshold, 8-connected) of at most max_hole_area
-    pixels, touching the border or not, get logit mask_threshold + 10: [..., h, w] -> a copy."""
+    pixels, touching the border or not, get logit mask_threshold + 10: [..., h, w] -> a copy.
+    (The reference's (labels > 0) & (areas <= max_hole_area), painted from the runs directly.)"""
     out = np.array(mask_logits, f32)
     for m in out.reshape(-1, *out.shape[-2:]):
-        labels, areas = connected_components(m <= mask_threshold)
-        m[(labels > 0) & (areas <= max_hole_area)] = f32(mask_threshold + 10.0)
+        runs, component, areas = _components(m <= mask_threshold)
+        is_hole = _paint(m.shape, *runs, (areas <= max_hole_area)[component].astype(np.int32))
+        m[is_hole > 0] = f32(mask_threshold + 10.0)
     return out
 
 
-def postprocess_masks(masks, orig_hw, max_hole_area=256.0, mask_threshold=0.0):
+def resize_masks(masks, orig_hw, threshold=None):
+    """F.interpolate(masks, orig_hw, mode="bilinear", align_corners=False) of logits [..., h, w]
+    -> float32 [..., H, W]; or, with a threshold, the bool masks logit > threshold, with no float
+    [..., H, W] in memory. The arithmetic of nn.interpolate_bilinear (along rows, then columns),
+    in bands of output rows over threads: a band needs only the source rows under it."""
+    (h, w), (oh, ow) = masks.shape[-2:], orig_hw
+    x0, x1, wx0, wx1 = nn._linear_source_indices(w, ow)
+    y0, y1, wy0, wy1 = nn._linear_source_indices(h, oh)
+    flat = masks.reshape(-1, h, w)
+    out = np.empty((len(flat), oh, ow), f32 if threshold is None else bool)
+    items = [(m, a) for m in range(len(flat)) for a in range(0, oh, RESIZE_BAND)]
+
+    def bands(i, j):
+        for m, a in items[i:j]:
+            b = min(a + RESIZE_BAND, oh)
+            first = y0[a]
+            src = flat[m, first:y1[b - 1] + 1]
+            rows = src[:, x0] * wx0 + src[:, x1] * wx1
+            band = rows[y0[a:b] - first] * wy0[a:b, None] + rows[y1[a:b] - first] * wy1[a:b, None]
+            if threshold is None:
+                out[m, a:b] = band
+            else:
+                np.greater(band, f32(threshold), out=out[m, a:b])
+    nn.parallel_for(bands, len(items))
+    return out.reshape(*masks.shape[:-2], oh, ow)
+
+
+def postprocess_masks(masks, orig_hw, max_hole_area=256.0, mask_threshold=0.0, threshold=None):
     """SAM2Transforms.postprocess_masks: low-res logits [B, C, h, w] -> [B, C, H, W] logits,
     holes filled (skipped for max_hole_area <= 0, as the reference without scikit-image), then
-    resized bilinearly (align_corners=False) to orig_hw = (H, W)."""
+    resized bilinearly (align_corners=False) to orig_hw = (H, W). With a threshold: bool masks
+    logit > threshold instead (what _predict makes of them unless return_logits)."""
     if max_hole_area > 0:
         masks = fill_holes(masks, max_hole_area, mask_threshold)
-    return nn.interpolate_bilinear(masks, orig_hw)
+    return resize_masks(masks, orig_hw, threshold)

@@ -23,7 +23,7 @@ def pe_encoding(p, coords):
 
 
 def get_dense_pe(p, image_embedding_size):
-    """get_dense_pe: the encoding of the pixel centres of the (h, w) embedding grid -> [1, C, h, w]."""
+    """get_dense_pe: the encoding of the pixel centres of an (h, w) grid -> [1, C, h, w]."""
     h, w = image_embedding_size
     y = (np.arange(1, h + 1, dtype=f32) - f32(0.5)) / f32(h)
     x = (np.arange(1, w + 1, dtype=f32) - f32(0.5)) / f32(w)
@@ -36,7 +36,7 @@ def embed_points(p, points, labels, input_image_size):
     -> [B, N + 1, C]. The appended pad point (0, 0) has label -1.
 
     Label -1 replaces the encoding by not_a_point_embed; labels 0..3 (negative, positive, box
-    top-left, box bottom-right) add point_embeddings[label]; any other label keeps the bare encoding.
+    top-left, box bottom-right) add point_embeddings[label]; other labels keep the bare encoding.
     """
     b = len(points)
     points = np.concatenate([points + f32(0.5), np.zeros((b, 1, 2), f32)], 1)
