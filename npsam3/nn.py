@@ -516,22 +516,23 @@ def _horner(coefs, x):
     return acc
 
 
-def _erfc_nonnegative(u):
-    """erfc of an array u >= 0 (a new array of its dtype)."""
-    t = u * ERF_P
+def _scaled_erfc(u, s, c):
+    """c erfc(s u) of an array u >= 0 (a new array of its dtype), s and c folded into the
+    constants: t = 1 / (1 + p s u), c erfc(s u) = t (c P)(t) 2^(-log2(e) s^2 u^2)."""
+    t = u * (ERF_P * s)
     t += 1
     np.reciprocal(t, out=t)
-    q = _horner(ERF_A, t)
+    q = _horner([c * a for a in ERF_A], t)
     q *= t
     e = u * u
-    np.negative(e, out=e)
-    q *= np.exp(e, out=e)
+    e *= -math.log2(math.e) * s * s
+    q *= np.exp2(e, out=e)
     return q
 
 
 def erf(x):
     """The error function of an array, evaluated in float64 (1 - erfc cancels near 0) -> float32."""
-    q = _erfc_nonnegative(np.abs(x).astype(np.float64))
+    q = _scaled_erfc(np.abs(x).astype(np.float64), 1.0, 1.0)
     return np.copysign(1 - q, x).astype(f32)
 
 
@@ -542,23 +543,27 @@ def gelu(x):
     for a in range(0, len(flat), ELEMENTWISE_BLOCK):
         xb = flat[a:a + ELEMENTWISE_BLOCK]
         ax = np.abs(xb)
-        q = _erfc_nonnegative(ax * f32(math.sqrt(0.5)))
+        q = _scaled_erfc(ax, math.sqrt(0.5), 0.5)
         q *= ax
-        q *= f32(0.5)
         np.maximum(xb, 0, out=xb)
         xb -= q
     return x
 
 
 def layer_norm_2d(x, p, name, eps=1e-6):
-    """LayerNorm2d (sam3/sam/common.py): LayerNorm over axis 0 (channels) of [C, ...]."""
-    w, b = p[f"{name}.weight"], p[f"{name}.bias"]
-    xc = x - x.mean(0)
-    var = np.mean(xc * xc, 0)
-    xc /= np.sqrt(var + f32(eps))
-    xc *= w.reshape(-1, *[1] * (x.ndim - 1))
-    xc += b.reshape(-1, *[1] * (x.ndim - 1))
-    return xc
+    """LayerNorm2d (sam3/sam/common.py): LayerNorm over axis 0 (channels) of [C, ...] (a new
+    array); the channel means as GEMVs, the variance as a fused einsum."""
+    c = len(x)
+    flat = x.reshape(c, -1)
+    average = np.full(c, 1 / c, f32)
+    xc = flat - average @ flat
+    var = np.einsum("ij,ij->j", xc, xc)
+    var *= f32(1 / c)
+    var += f32(eps)
+    xc *= 1 / np.sqrt(var)
+    xc *= p[f"{name}.weight"][:, None]
+    xc += p[f"{name}.bias"][:, None]
+    return xc.reshape(x.shape)
 
 
 def conv2d_patch(x, p, name):

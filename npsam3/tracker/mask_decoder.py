@@ -13,7 +13,7 @@ from .. import nn
 from .transformer import two_way_transformer
 
 f32 = np.float32
-BAND_ROWS = 4  # input rows per band of the upscaling: a band's [C/4, 8, 2w] output stays in cache
+BAND_ROWS = 8  # input rows per band of the upscaling: a band's outputs stay in cache
 
 
 def _mlp(x, p, name):

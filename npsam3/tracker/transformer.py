@@ -16,7 +16,8 @@ import numpy as np
 from .. import nn
 
 f32 = np.float32
-COLUMN_BLOCK = 256  # image tokens per block of the image-to-token attention (in cache)
+COLUMN_BLOCK = 256  # image tokens per block of the image-to-token attention and norm (in cache)
+KEY_BLOCK = 1024  # image tokens per block of the token-to-image attention
 
 
 def attention(p, name, q, k, v, num_heads):
@@ -55,8 +56,8 @@ def attention_to_image(p, name, q, k, v, num_heads):
     def cols(i, j):  # max, sum of exp2 and exp2-weighted sum of v over columns i..j
         m = np.full((len(qk), 1), -np.inf, f32)
         total, ctx = np.zeros((len(qk), 1), f32), np.zeros((len(qk), c), f32)
-        for a in range(i, j, COLUMN_BLOCK):
-            s = qk @ k[:, a:min(a + COLUMN_BLOCK, j)]
+        for a in range(i, j, KEY_BLOCK):
+            s = qk @ k[:, a:min(a + KEY_BLOCK, j)]
             m_new = np.maximum(m, s.max(1, keepdims=True))
             rescale = np.exp2(m - m_new)
             s -= m_new
@@ -66,7 +67,7 @@ def attention_to_image(p, name, q, k, v, num_heads):
             ctx += s @ v[:, a:a + s.shape[1]].T
             m = m_new
         shares[i] = m, total, ctx
-    nn.parallel_for(cols, k.shape[1], COLUMN_BLOCK)
+    nn.parallel_for(cols, k.shape[1], KEY_BLOCK)
     parts = [shares[i] for i in sorted(shares)]
     m = np.max([mt for mt, _, _ in parts], 0)
     weights = [np.exp2(mt - m) for mt, _, _ in parts]
