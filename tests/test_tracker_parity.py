@@ -37,6 +37,9 @@ CASES = {
     "3 boxes": dict(boxes=[[150, 100, 420, 380], [10, 20, 200, 150], [400, 300, 630, 470]]),
     "labels -1 and 7": dict(point_coords=[[[320, 240], [0, 0], [600, 50]]],
                             point_labels=[[1, -1, 7]]),
+    # 6 + 12 + 1 tokens: heads x tokens >= internal_dim, the unfolded attention paths
+    "12 clicks": dict(point_coords=[[[40 + 50 * i, 30 + 35 * i] for i in range(12)]],
+                      point_labels=[[i % 2 for i in range(12)]]),
     "mask only": dict(),  # mask_input added below, from a previous call
     "click + mask": dict(point_coords=[[[330, 250]]], point_labels=[[0]]),
 }
