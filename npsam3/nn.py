@@ -528,3 +528,103 @@ def gen_sineembed_for_position(pos, num_feats=256):
 def box_cxcywh_to_xyxy(b):
     cx, cy, w, h = np.moveaxis(b, -1, 0)
     return np.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], -1)
+
+
+# --- primitives of the interactive SAM heads ---------------------------------------------------
+# Kernels without threads of their own: the heads call them on cache-sized bands of a map from
+# their own parallel_for (the transposed convolutions and norms here are local along rows).
+
+# Abramowitz & Stegun 7.1.26, the approximation inside torch's vectorised CPU erf (and so its GELU):
+# erfc(u) = t P(t) exp(-u^2) for u >= 0, t = 1 / (1 + p u); |error| <= 1.5e-7.
+# Python floats: the arithmetic keeps the dtype of the array (float32 in gelu, float64 in erf).
+ERF_P = 0.3275911
+ERF_A = [1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592]
+ELEMENTWISE_BLOCK = 1 << 14  # elements per block of gelu: its temporaries stay in L1/L2
+
+
+def _horner(coefs, x):
+    """c[0] x^n + c[1] x^(n-1) + ... + c[n] of an array x (a new array)."""
+    acc = x * coefs[0]
+    acc += coefs[1]
+    for c in coefs[2:]:
+        acc *= x
+        acc += c
+    return acc
+
+
+def _scaled_erfc(u, s, c):
+    """c erfc(s u) of an array u >= 0 (a new array of its dtype), s and c folded into the
+    constants: t = 1 / (1 + p s u), c erfc(s u) = t (c P)(t) 2^(-log2(e) s^2 u^2)."""
+    t = u * (ERF_P * s)
+    t += 1
+    np.reciprocal(t, out=t)
+    q = _horner([c * a for a in ERF_A], t)
+    q *= t
+    e = u * u
+    e *= -math.log2(math.e) * s * s
+    q *= np.exp2(e, out=e)
+    return q
+
+
+def erf(x):
+    """The error function of an array, evaluated in float64 (1 - erfc cancels near 0) -> float32."""
+    q = _scaled_erfc(np.abs(x).astype(np.float64), 1.0, 1.0)
+    return np.copysign(1 - q, x).astype(f32)
+
+
+def gelu(x):
+    """nn.GELU() (the exact erf form) of a contiguous float32 array, in place:
+    x/2 (1 + erf(x / sqrt 2)) = relu(x) - |x|/2 erfc(|x| / sqrt 2), no cancellation for x < 0."""
+    flat = x.reshape(-1)
+    for a in range(0, len(flat), ELEMENTWISE_BLOCK):
+        xb = flat[a:a + ELEMENTWISE_BLOCK]
+        ax = np.abs(xb)
+        q = _scaled_erfc(ax, math.sqrt(0.5), 0.5)
+        q *= ax
+        np.maximum(xb, 0, out=xb)
+        xb -= q
+    return x
+
+
+def layer_norm_2d(x, p, name, eps=1e-6):
+    """LayerNorm2d (sam3/sam/common.py): LayerNorm over axis 0 (channels) of [C, ...] (a new
+    array); the channel means as GEMVs, the variance as a fused einsum."""
+    c = len(x)
+    flat = x.reshape(c, -1)
+    average = np.full(c, 1 / c, f32)
+    xc = flat - average @ flat
+    var = np.einsum("ij,ij->j", xc, xc)
+    var *= f32(1 / c)
+    var += f32(eps)
+    xc *= 1 / np.sqrt(var)
+    xc *= p[f"{name}.weight"][:, None]
+    xc += p[f"{name}.bias"][:, None]
+    return xc.reshape(x.shape)
+
+
+def conv2d_patch(x, p, name):
+    """nn.Conv2d with stride = kernel size k, no padding: [Ci, H, W] -> [Co, H // k, W // k], one
+    GEMM over the non-overlapping k x k patches."""
+    w, b = p[f"{name}.weight"], p[f"{name}.bias"]
+    co, ci, k, _ = w.shape
+    ho, wo = x.shape[1] // k, x.shape[2] // k
+    patches = x[:, :ho * k, :wo * k].reshape(ci, ho, k, wo, k).transpose(0, 2, 4, 1, 3)
+    out = w.reshape(co, -1) @ patches.reshape(ci * k * k, -1)
+    out += b[:, None]
+    return out.reshape(co, ho, wo)
+
+
+def conv_transpose2d(x, p, name):
+    """nn.ConvTranspose2d with stride = kernel size k, no padding: [Ci, H, W] -> [Co, kH, kW].
+    The outputs never overlap: one GEMM [k*k*Co, Ci] @ [Ci, HW], then kernel tap (a, c) fills the
+    pixels (k i + a, k j + c). Output rows k i .. k i + k - 1 depend on input row i alone."""
+    w, b = p[f"{name}.weight"], p[f"{name}.bias"]
+    ci, co, k, _ = w.shape
+    _, h, wd = x.shape
+    taps = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(-1, ci) @ x.reshape(ci, -1)
+    taps = taps.reshape(k, k, co, h, wd)
+    out = np.empty((co, h, k, wd, k), f32)
+    for a in range(k):
+        for c in range(k):
+            np.add(taps[a, c], b[:, None, None], out=out[:, :, a, :, c])
+    return out.reshape(co, k * h, k * wd)
