@@ -14,7 +14,8 @@ from .errors import Npsam3Error
 
 MANIFEST = "manifest.json"
 FORMAT = "npsam3-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the image encoder split into trunk and necks, the interactive predictor
+READABLE_VERSIONS = (1, 2)
 
 
 def sha256_file(path):
@@ -46,9 +47,9 @@ def read_manifest(bundle_dir, verify=True):
         raise Npsam3Error(f"{path} is not valid JSON ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise Npsam3Error(f"{path} is not an npsam3 bundle manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise Npsam3Error(f"{path} has format version {manifest.get('format_version')}; "
-                          f"this npsam3 reads version {FORMAT_VERSION}")
+                          f"this npsam3 reads versions {', '.join(map(str, READABLE_VERSIONS))}")
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise Npsam3Error(f"{path} lists no files")

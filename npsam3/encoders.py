@@ -1,25 +1,40 @@
-"""The image and text encoders of a bundle, run by onnxruntime (CPU).
+"""The bundle's ONNX graphs, run by onnxruntime (CPU): the image encoder, the text encoder and
+the interactive predictor's tracker neck.
 
-image_encoder.onnx: "image" float32 [1, 3, R, R] (preprocessed as npsam3.image.preprocess) ->
-    "backbone_fpn_0" [1, C, R/14*4, ...], "backbone_fpn_1", "backbone_fpn_2" [1, C, R/14, R/14].
-text_encoder.onnx: "input_ids" int64 [B, L] -> "language_features" float32 [L, B, C],
+Image (bundle format 2, three graphs, so that each call pays only for what it uses):
+    image_trunk.onnx    "image" float32 [1, 3, R, R] (npsam3.image.preprocess) ->
+                        "vision_features" [1, 1024, R/14, R/14]
+    detector_neck.onnx  "vision_features" -> "backbone_fpn_0" [1, C, 4R/14, ...],
+                        "backbone_fpn_1" [1, C, 2R/14, ...], "backbone_fpn_2" [1, C, R/14, R/14]
+    tracker_neck.onnx   "vision_features" -> "high_res_feats_0" [1, C/8, 4R/14, ...],
+                        "high_res_feats_1" [1, C/4, 2R/14, ...], "image_embed" [1, C, R/14, ...]
+(format 1: one image_encoder.onnx, "image" -> the three FPN levels; no interactive predictor.)
+Text: text_encoder.onnx "input_ids" int64 [B, L] -> "language_features" float32 [L, B, C],
     "language_mask" bool [B, L] (True = padding).
+
+Sessions run on ``nn.num_threads()`` threads that sleep between calls (no spinning), so that
+they never compete with npsam3's own thread pool for the cores.
 """
 
 import numpy as np
 import onnxruntime as ort
 
 from .errors import Npsam3Error
+from .nn import num_threads
 
-IMAGE_OUTPUTS = ("backbone_fpn_0", "backbone_fpn_1", "backbone_fpn_2")
+FPN_OUTPUTS = ("backbone_fpn_0", "backbone_fpn_1", "backbone_fpn_2")
+TRUNK_OUTPUT = "vision_features"
+TRACKER_NECK_OUTPUTS = ("high_res_feats_0", "high_res_feats_1", "image_embed")
 TEXT_OUTPUTS = ("language_features", "language_mask")
 
 
-def _session(path, inputs, outputs, what):
+def session(path, inputs, outputs, what):
     """An onnxruntime CPU session for ``path`` whose graph has exactly these input/output names."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.enable_cpu_mem_arena = False  # same speed; SAM3's image encoder peaks ~3 GB lower
+    opts.intra_op_num_threads = num_threads()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for bad files
@@ -37,25 +52,54 @@ def _static_dims(arg):
 
 
 class ImageEncoder:
-    """Preprocessed image [1, 3, R, R] -> the three FPN levels (NCHW float32)."""
+    """Preprocessed image [1, 3, R, R] -> (the three FPN levels, the trunk output): ``trunk``
+    then ``neck`` (bundle format 2), or one combined graph (format 1: trunk output None)."""
 
-    def __init__(self, path, resolution):
-        self.session = _session(path, ["image"], IMAGE_OUTPUTS, "image encoder")
+    def __init__(self, resolution, trunk_path=None, neck_path=None, combined_path=None):
         self.resolution = resolution
-        dims = _static_dims(self.session.get_inputs()[0])
+        if combined_path is not None:
+            self.trunk, self.neck = session(combined_path, ["image"], FPN_OUTPUTS, "image encoder"), None
+        else:
+            self.trunk = session(trunk_path, ["image"], [TRUNK_OUTPUT], "image trunk")
+            self.neck = session(neck_path, [TRUNK_OUTPUT], FPN_OUTPUTS, "detector neck")
+        dims = _static_dims(self.trunk.get_inputs()[0])
         if dims not in ([1, 3, resolution, resolution], [None, 3, resolution, resolution]):
-            raise Npsam3Error(f"{path} takes images of shape {dims}, but the bundle's manifest says "
-                              f"{resolution} x {resolution}: the ONNX file belongs to another model")
+            raise Npsam3Error(f"{trunk_path or combined_path} takes images of shape {dims}, but "
+                              f"the bundle's manifest says {resolution} x {resolution}: the ONNX "
+                              "file belongs to another model")
+
+    def trunk_features(self, image):
+        """[1, 3, R, R] -> vision_features [1, 1024, R/14, R/14] (format 2 only)."""
+        return self.trunk.run(None, {"image": np.ascontiguousarray(image, np.float32)})[0]
+
+    def detector_features(self, vision_features):
+        """vision_features -> the detector's three FPN levels (format 2 only)."""
+        return self.neck.run(None, {TRUNK_OUTPUT: vision_features})
 
     def __call__(self, image):
-        return self.session.run(None, {"image": np.ascontiguousarray(image, np.float32)})
+        if self.neck is None:
+            return self.trunk.run(None, {"image": np.ascontiguousarray(image, np.float32)}), None
+        trunk = self.trunk_features(image)
+        return self.detector_features(trunk), trunk
+
+
+class TrackerNeck:
+    """vision_features -> (high_res_feats [[1, C/8, 4h, 4w], [1, C/4, 2h, 2w]], image_embed
+    [1, C, h, w]): the features Sam3Image.predict_inst reads, no_mem_embed added."""
+
+    def __init__(self, path):
+        self.session = session(path, [TRUNK_OUTPUT], TRACKER_NECK_OUTPUTS, "tracker neck")
+
+    def __call__(self, vision_features):
+        s0, s1, embed = self.session.run(None, {TRUNK_OUTPUT: vision_features})
+        return {"high_res_feats": [s0, s1], "image_embed": embed}
 
 
 class TextEncoder:
     """Token ids [B, L] -> language_features [L, B, C], language_mask [B, L] (True = padding)."""
 
     def __init__(self, path, context_length):
-        self.session = _session(path, ["input_ids"], TEXT_OUTPUTS, "text encoder")
+        self.session = session(path, ["input_ids"], TEXT_OUTPUTS, "text encoder")
         self.context_length = context_length
         length = _static_dims(self.session.get_inputs()[0])[-1]
         if length not in (None, context_length):

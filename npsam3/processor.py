@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 
 from .errors import Npsam3Error
-from .image import load_image, preprocess
+from .image import load_image
 from .postprocess import (boxes_to_pixels, mask_to_image, masks_to_image, nms_masks,
                           select_queries)
 
@@ -94,8 +94,22 @@ class Sam3Processor:
         rgb = load_image(image)
         state.clear()
         state["original_height"], state["original_width"] = rgb.shape[:2]
-        fpn = self.model.image_encoder(preprocess(rgb, self.model.resolution))
-        state["backbone_out"] = {"backbone_fpn": fpn}
+        fpn, trunk = self.model.encode_image(rgb)
+        state["backbone_out"] = {"backbone_fpn": fpn, "vision_features": trunk}
+        return state
+
+    def set_image_batch(self, images, state=None):
+        """Encode several images for ``model.predict_inst_batch`` (as the reference's
+        set_image_batch; concept prompts take one image at a time, set_image)."""
+        state = State() if state is None else state
+        state.clear()
+        rgbs = [load_image(image) for image in images]
+        state["original_heights"] = [rgb.shape[0] for rgb in rgbs]
+        state["original_widths"] = [rgb.shape[1] for rgb in rgbs]
+        state["backbone_out"] = []
+        for rgb in rgbs:
+            fpn, trunk = self.model.encode_image(rgb)
+            state["backbone_out"].append({"backbone_fpn": fpn, "vision_features": trunk})
         return state
 
     def _encode_text(self, prompt, state):
@@ -110,6 +124,9 @@ class Sam3Processor:
     def _require_image(self, state):
         if "backbone_out" not in state:
             raise Npsam3Error("call set_image before giving prompts")
+        if isinstance(state["backbone_out"], list):
+            raise Npsam3Error("text and box prompts take one image: use set_image, not "
+                              "set_image_batch")
 
     def set_text_prompt(self, prompt, state):
         """Set (replace) the text prompt and run the detector."""

@@ -1,8 +1,9 @@
 """Read a SAM3-family checkpoint safely (``torch.load(weights_only=True)``) into a flat state dict.
 
 Published checkpoints are ``{"model": {key: tensor}}`` (sometimes with more top-level entries) with
-keys under ``detector.`` (image model) and ``tracker.`` (video tracker); plain state dicts with or
-without the ``detector.`` prefix are accepted too.
+keys under ``detector.`` (image model) and ``tracker.`` (video tracker, whose SAM heads the
+interactive predictor uses); plain state dicts with or without the ``detector.`` prefix are
+accepted too.
 """
 
 import pickle
@@ -12,10 +13,14 @@ import torch
 
 from npsam3.errors import Npsam3Error
 
+from .variants import canonical_name
+
 
 def load_checkpoint(path):
-    """{key: tensor} of the image model in a .pt/.pth file, ``detector.`` prefix removed,
-    ``tracker.*`` dropped. Raises Npsam3Error for a missing, unreadable or non-checkpoint file."""
+    """{key: tensor} of the image model in a .pt/.pth file, named as
+    ``variants.canonical_name`` names them (``detector.`` removed, the interactive heads kept as
+    ``tracker.*``, the video tracker dropped). Raises Npsam3Error for a missing, unreadable or
+    non-checkpoint file."""
     return read_checkpoint(path)[0]
 
 
@@ -38,17 +43,18 @@ def read_checkpoint(path):
 
 
 def normalize_state_dict(ckpt, source="state dict"):
-    """Unwrap ``{"model": ...}``, strip ``detector.`` and the EfficientSAM3 fork's ``student_trunk.``
-    wrapper (as its loader does), drop ``tracker.``; every value must be a tensor."""
+    """Unwrap ``{"model": ...}`` and rename the keys as ``variants.canonical_name`` (dropping
+    what no image model uses); every value must be a tensor."""
     if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
         ckpt = ckpt["model"]
     if not isinstance(ckpt, dict) or not ckpt:
         raise Npsam3Error(f"{source} holds no state dict of tensors")
     out = {}
     for key, value in ckpt.items():
-        if not isinstance(key, str) or key.startswith("tracker."):
+        name = canonical_name(key) if isinstance(key, str) else None
+        if name is None:
             continue
         if not torch.is_tensor(value):
             raise Npsam3Error(f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor")
-        out[key.removeprefix("detector.").replace("student_trunk.", "")] = value
+        out[name] = value
     return out

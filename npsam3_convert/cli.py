@@ -27,6 +27,9 @@ def build_parser():
     p.add_argument("--threshold", type=float, default=0.5, help="--parity score threshold")
     p.add_argument("--detector-only", action="store_true",
                    help="export only the detector (detector.safetensors + manifest.json)")
+    p.add_argument("--no-interactive", action="store_true",
+                   help="leave out the interactive predictor (tracker neck, SAM heads) even when "
+                   "the checkpoint has it")
     p.add_argument("--force", action="store_true", help="replace an existing non-empty OUT_DIR")
     p.add_argument("--family", help="sam3 | sam3-litetext | efficientsam3")
     p.add_argument("--backbone", help="vit-h | repvit | tinyvit | efficientvit")
@@ -55,8 +58,13 @@ def model_from_checkpoint(path, args):
             "which does not tell the text context length the model runs at: pass "
             "--context-length (SAM3-LiteText: 16 or 32, often in the file name; 77 keeps the "
             "whole table)")
-    print(f"recognised {describe(variant)}; building it ...", flush=True)
-    return build_image_model(variant, state, args.bpe, path.name), variant
+    interactive = variant["interactive"] and not args.no_interactive
+    print(f"recognised {describe(variant)}, " + (
+        "with the interactive predictor" if interactive else
+        "detection only (--no-interactive)" if variant["interactive"] else
+        "detection only (no tracker neck and SAM heads in the checkpoint)")
+        + "; building it ...", flush=True)
+    return build_image_model(variant, state, args.bpe, path.name, interactive), variant
 
 
 def convert(args):

@@ -12,6 +12,7 @@ import os
 from npsam3.errors import Npsam3Error
 
 from .reference import build_reference_detector, patch_sam3_for_cpu, randomize_
+from .variants import SAM2_NECK
 
 RESOLUTION = 1008  # input side of every SAM3-family image model; the detector sees 1008 / 14 = 72
 CONTEXT_LENGTH = 32  # SAM3's text context length
@@ -34,26 +35,38 @@ def default_bpe_path():
 
 
 def _assemble(vision_neck, text_encoder):
-    """Sam3Image in eval mode on CPU: the given backbone parts plus the published detector."""
+    """Sam3Image in eval mode on CPU: the given backbone parts plus the published detector, and
+    the interactive predictor when the neck has its tracker convs (sam2_convs)."""
     from sam3 import model_builder as mb
 
-    return build_reference_detector(mb._create_vl_backbone(vision_neck, text_encoder))
+    return build_reference_detector(mb._create_vl_backbone(vision_neck, text_encoder),
+                                    interactive=vision_neck.sam2_convs is not None)
+
+
+PREDICTOR = "inst_interactive_predictor.model."  # where Sam3Image keeps the tracker's modules
+USED_TRACKER = tuple(PREDICTOR + k for k in ("sam_prompt_encoder.", "sam_mask_decoder.",
+                                             "no_mem_embed"))
 
 
 def load_state(model, state, source):
-    """Load a normalised state dict (npsam3_convert.checkpoint) into ``model``; every model tensor but
-    the ViT's RoPE tables (``freqs_cis``, computed from the configuration) must be present.
-    Returns the sorted checkpoint keys the model does not use (e.g. the SAM2 neck ``sam2_convs``)."""
+    """Load a normalised state dict (npsam3_convert.checkpoint; its ``tracker.*`` heads go to the
+    interactive predictor) into ``model``. Every model tensor must be present but the ViT's RoPE
+    tables (``freqs_cis``, computed from the configuration) and the video tracker's modules that
+    predict_inst does not use. Returns the sorted checkpoint keys the model does not use."""
+    state = {PREDICTOR + k.removeprefix("tracker.") if k.startswith("tracker.") else k: v
+             for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith(".freqs_cis")]
+    missing = [k for k in missing if not k.endswith(".freqs_cis")
+               and (not k.startswith(PREDICTOR) or k.startswith(USED_TRACKER))]
     if missing:
         raise Npsam3Error(f"{source} lacks {len(missing)} tensors of the image model, "
                           f"e.g. {', '.join(missing[:3])}")
     return sorted(unexpected)
 
 
-def build_sam3_image_model(state=None, bpe_path=None, source="checkpoint"):
-    """The published SAM3 image model (no instance-interactivity head) on CPU, in eval mode.
+def build_sam3_image_model(state=None, bpe_path=None, source="checkpoint", interactive=False):
+    """The published SAM3 image model on CPU, in eval mode; ``interactive`` adds the tracker neck
+    and the instance-interactive predictor (enable_inst_interactivity).
 
     With ``state`` (a normalised state dict) its weights are loaded (every model key must be
     present); without, the weights stay as sam3 initialises them (random, unseeded; use
@@ -63,7 +76,7 @@ def build_sam3_image_model(state=None, bpe_path=None, source="checkpoint"):
     from sam3 import model_builder as mb
 
     model = _assemble(
-        mb._create_vision_backbone(enable_inst_interactivity=False),
+        mb._create_vision_backbone(enable_inst_interactivity=interactive),
         mb._create_text_encoder(bpe_path or default_bpe_path()),
     )
     if state is not None:
@@ -76,15 +89,20 @@ def is_efficientsam3_fork():
     return importlib.util.find_spec("sam3.model.text_encoder_student") is not None
 
 
-def build_image_model(variant, state, bpe_path=None, source="checkpoint"):
-    """Build the image model that npsam3_convert.variants.detect_variant recognised and load ``state``.
+def build_image_model(variant, state, bpe_path=None, source="checkpoint", interactive=None):
+    """Build the image model that npsam3_convert.variants.detect_variant recognised and load ``state``
+    (with the interactive predictor when ``interactive``, default: when the checkpoint has it;
+    without, its tracker tensors are left out).
 
     SAM3 builds with PyPI sam3 (or the fork); SAM3-LiteText and EfficientSAM3 need the fork. A
     MobileCLIP table longer than the context length (``truncate_after_load``: LiteText's 77 rows)
     is loaded whole and then cut."""
     fork = is_efficientsam3_fork()
+    interactive = variant["interactive"] if interactive is None else interactive
+    if not interactive:
+        state = {k: v for k, v in state.items() if not k.startswith(("tracker.", SAM2_NECK))}
     if variant["family"] == "sam3" and not fork:
-        return build_sam3_image_model(state, bpe_path, source)
+        return build_sam3_image_model(state, bpe_path, source, interactive)
     if not fork:
         raise Npsam3Error(
             f"{source} is {describe(variant)}; building it needs the EfficientSAM3 fork of sam3 "
@@ -97,7 +115,7 @@ def build_image_model(variant, state, bpe_path=None, source="checkpoint"):
         kwargs["text_encoder_context_length"] = variant["pos_embed_len"]
     model = getattr(model_builder, variant["builder"])(
         bpe_path=bpe_path or default_bpe_path(), device="cpu", eval_mode=True,
-        checkpoint_path=None, load_from_HF=False, **kwargs)
+        checkpoint_path=None, load_from_HF=False, enable_inst_interactivity=interactive, **kwargs)
     load_state(model, state, source)
     if variant["truncate_after_load"]:
         _truncate_text_context(model, variant["context_length"])
@@ -154,11 +172,12 @@ def _tiny_vit(embed_dim, depth, num_heads):
 
 
 def build_tiny_sam3_image_model(seed, bpe_path=None, embed_dim=128, depth=2, num_heads=4,
-                                text_width=256, text_layers=2, text_heads=4):
+                                text_width=256, text_layers=2, text_heads=4, interactive=True):
     """A small Sam3Image for fast tests, in eval mode on CPU with ``randomize_(model, seed)``
-    weights: the real detector and ``Sam3DualViTDetNeck`` (d_model 256, scales 4, 2, 1, 0.5), a
-    reduced ViT trunk (``depth`` blocks, the last global, RoPE on) and a reduced ``VETextEncoder``
-    (context length 32). Input resolution 1008, so the detector sees 72x72 as with SAM3.
+    weights: the real detector and ``Sam3DualViTDetNeck`` (d_model 256, scales 4, 2, 1, 0.5; with
+    ``interactive`` its tracker neck and the real interactive predictor), a reduced ViT trunk
+    (``depth`` blocks, the last global, RoPE on) and a reduced ``VETextEncoder`` (context length
+    32). Input resolution 1008, so the detector sees 72x72 as with SAM3.
     ``embed_dim / num_heads`` must be a multiple of 4 (2-D RoPE)."""
     patch_sam3_for_cpu()
     from sam3 import model_builder as mb
@@ -168,6 +187,7 @@ def build_tiny_sam3_image_model(seed, bpe_path=None, embed_dim=128, depth=2, num
     neck = mb._create_vit_neck(
         mb._create_position_encoding(precompute_resolution=RESOLUTION),
         _tiny_vit(embed_dim, depth, num_heads),
+        enable_inst_interactivity=interactive,
     )
     text = VETextEncoder(
         d_model=256,

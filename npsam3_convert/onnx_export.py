@@ -1,10 +1,21 @@
-"""Export the image and text encoders of a SAM3-family ``Sam3Image`` to ONNX, and check the
-exported graphs in onnxruntime against PyTorch.
+"""Export the image trunk, the two necks and the text encoder of a SAM3-family ``Sam3Image`` to
+ONNX, and check the exported graphs in onnxruntime against PyTorch.
 
-Image encoder: normalised image ``[1, 3, R, R]`` float32 ("image") -> the FPN levels the detector
-uses ("backbone_fpn_0..2": ``[1, 256, 4R/14, 4R/14]``, ``[1, 256, 2R/14, 2R/14]``,
-``[1, 256, R/14, R/14]``), i.e. ``model.backbone.forward_image(image)["backbone_fpn"]`` after scalp.
-The sine position encodings are not exported (npsam3 computes them).
+The image side is three graphs, so that each kind of call pays only for what it uses (each
+neck is ~213 GFLOP at 1008 px):
+
+- image trunk: normalised image ``[1, 3, R, R]`` float32 ("image") -> "vision_features"
+  ``[1, 1024, R/14, R/14]``, the trunk's output (SAM3's ViT-H or an EfficientSAM3 student with
+  its head and resize);
+- detector neck: "vision_features" -> the FPN levels the detector uses ("backbone_fpn_0..2":
+  ``[1, 256, 4R/14, ...]``, ``[1, 256, 2R/14, ...]``, ``[1, 256, R/14, R/14]``), i.e.
+  ``model.backbone.forward_image(image)["backbone_fpn"]`` after scalp (the sine position
+  encodings are not exported: npsam3 computes them);
+- tracker neck (models with the interactive predictor): "vision_features" -> what
+  ``predict_inst`` reads: "high_res_feats_0" ``[1, 32, 288, 288]`` (sam2_convs[0], then the mask
+  decoder's conv_s0), "high_res_feats_1" ``[1, 64, 144, 144]`` (sam2_convs[1], conv_s1) and
+  "image_embed" ``[1, 256, 72, 72]`` (sam2_convs[2] + no_mem_embed), as
+  ``Sam3Processor.set_image`` and ``Sam3Image.predict_inst`` make them.
 
 Text encoder: token ids ``[B, L]`` int64 ("input_ids", dynamic batch) -> "language_features"
 ``[L, B, 256]`` float32 and "language_mask" ``[B, L]`` bool (True = padding, id == 0), as
@@ -26,8 +37,11 @@ import torch
 
 from . import parity
 
-IMAGE_INPUT = "image"
-IMAGE_OUTPUTS = ("backbone_fpn_0", "backbone_fpn_1", "backbone_fpn_2")
+IMAGE_INPUT, TRUNK_OUTPUT = "image", "vision_features"
+FPN_OUTPUTS = ("backbone_fpn_0", "backbone_fpn_1", "backbone_fpn_2")
+TRACKER_NECK_OUTPUTS = ("high_res_feats_0", "high_res_feats_1", "image_embed")
+IMAGE_GRAPHS = {"image_trunk": "image_trunk.onnx", "detector_neck": "detector_neck.onnx",
+                "tracker_neck": "tracker_neck.onnx"}
 TEXT_INPUT = "input_ids"
 TEXT_OUTPUTS = ("language_features", "language_mask")
 ONNX_SIZE_LIMIT = 2**31 - 2**26  # weights above this go to external data: 2 GiB less a margin
@@ -68,15 +82,45 @@ def real_rope(model):
             attn.register_buffer("freqs_cis", freqs_cis)
 
 
-class ImageEncoder(torch.nn.Module):
-    """``[1, 3, R, R]`` normalised image -> the backbone's FPN levels after scalp (tuple)."""
+class ImageTrunk(torch.nn.Module):
+    """``[1, 3, R, R]`` normalised image -> the trunk's output ``[1, 1024, R/14, R/14]``, the
+    input of both necks (Sam3DualViTDetNeck.forward's ``x``)."""
 
     def __init__(self, backbone):
         super().__init__()
-        self.backbone = backbone
+        self.trunk = backbone.vision_backbone.trunk
 
     def forward(self, image):
-        return tuple(self.backbone.forward_image(image)["backbone_fpn"])
+        return self.trunk(image)[-1]
+
+
+class DetectorNeck(torch.nn.Module):
+    """Trunk output -> the detector's FPN levels after scalp (the neck's ``convs``)."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.convs = backbone.vision_backbone.convs
+        self.levels = len(self.convs) - backbone.scalp
+
+    def forward(self, vision_features):
+        return tuple(self.convs[i](vision_features) for i in range(self.levels))
+
+
+class TrackerNeck(torch.nn.Module):
+    """Trunk output -> (high_res_feats_0, high_res_feats_1, image_embed) of predict_inst."""
+
+    def __init__(self, model):
+        super().__init__()
+        tracker = model.inst_interactive_predictor.model
+        self.sam2_convs = model.backbone.vision_backbone.sam2_convs
+        self.conv_s0 = tracker.sam_mask_decoder.conv_s0
+        self.conv_s1 = tracker.sam_mask_decoder.conv_s1
+        self.no_mem_embed = tracker.no_mem_embed  # [1, 1, C]
+
+    def forward(self, vision_features):
+        fpn = [self.sam2_convs[i](vision_features) for i in range(3)]
+        return (self.conv_s0(fpn[0]), self.conv_s1(fpn[1]),
+                fpn[2] + self.no_mem_embed.reshape(1, -1, 1, 1))
 
 
 class TextEncoder(torch.nn.Module):
@@ -161,23 +205,32 @@ def _keep_tiny_constants():
         rewriter._DEFAULT_REWRITE_RULES = saved
 
 
-def export_image_encoder(model, path, resolution, opset=17):
-    """Export ``model.backbone.forward_image`` (trunk + neck, after scalp) to ONNX at ``path``:
-    input "image" ``[1, 3, resolution, resolution]`` float32, outputs ``IMAGE_OUTPUTS``.
-    Returns the files written (the .onnx, plus ``<path>.data`` for models over 2 GB)."""
+def export_image_graphs(model, folder, resolution, interactive, opset=17):
+    """Export the image trunk, the detector neck and (``interactive``) the tracker neck to
+    ``folder``/IMAGE_GRAPHS[...] at ``resolution``. Returns the files written (a graph over
+    2 GB keeps its weights in ``<name>.data`` beside it)."""
     backbone = model.backbone
-    n_levels = len(backbone.vision_backbone.convs) - backbone.scalp
-    if n_levels != len(IMAGE_OUTPUTS):
-        raise ValueError(f"the vision backbone gives {n_levels} FPN levels after scalp, "
-                         f"npsam3 expects {len(IMAGE_OUTPUTS)}")
-    encoder = ImageEncoder(backbone).eval()
+    neck = DetectorNeck(backbone).eval()
+    if neck.levels != len(FPN_OUTPUTS):
+        raise ValueError(f"the vision backbone gives {neck.levels} FPN levels after scalp, "
+                         f"npsam3 expects {len(FPN_OUTPUTS)}")
+    width = backbone.vision_backbone.trunk.channel_list[-1]
     image = torch.zeros(1, 3, resolution, resolution)
-    print(f"exporting the image encoder ({_n_params(backbone.vision_backbone) / 1e6:.1f}M "
-          f"parameters, {resolution}x{resolution}) to {path} ...", flush=True)
-    start = time.perf_counter()
-    with real_rope(encoder):
-        files = _export(encoder, (image,), path, [IMAGE_INPUT], IMAGE_OUTPUTS, opset)
-    _report(files, start)
+    x = torch.zeros(1, width, resolution // 14, resolution // 14)
+    graphs = [(ImageTrunk(backbone), "image_trunk", image, [IMAGE_INPUT], [TRUNK_OUTPUT]),
+              (neck, "detector_neck", x, [TRUNK_OUTPUT], FPN_OUTPUTS)]
+    if interactive:
+        graphs.append((TrackerNeck(model), "tracker_neck", x, [TRUNK_OUTPUT], TRACKER_NECK_OUTPUTS))
+    files = []
+    for module, name, arg, inputs, outputs in graphs:
+        path = Path(folder) / IMAGE_GRAPHS[name]
+        print(f"exporting the {name.replace('_', ' ')} ({_n_params(module) / 1e6:.1f}M parameters, "
+              f"{resolution}x{resolution} px) to {path} ...", flush=True)
+        start = time.perf_counter()
+        with real_rope(module):
+            written = _export(module.eval(), (arg,), path, inputs, outputs, opset)
+        _report(written, start)
+        files += written
     return files
 
 
@@ -223,15 +276,42 @@ def compare(actual, expected):
     return {"max_abs": max_abs, "max_rel": max_rel}
 
 
-def verify_image_encoder(model, onnx_path, image):
-    """Run the exported image encoder in onnxruntime and ``model.backbone.forward_image`` in
-    PyTorch on ``image`` ``[1, 3, R, R]`` float32 (NumPy or torch). Returns
-    ``{output name: {"max_abs", "max_rel"}}`` (see ``compare``)."""
+def reference_image_features(model, image):
+    """What the reference computes from a preprocessed image [1, 3, R, R], as NumPy: the trunk's
+    "vision_features", the detector's three "backbone_fpn" levels and, for an interactive model,
+    "high_res_feats" (two levels) and "image_embed" as Sam3Processor.set_image and
+    Sam3Image.predict_inst make them."""
     image = torch.as_tensor(np.asarray(image, dtype=np.float32))
     with torch.inference_mode():
-        expected = model.backbone.forward_image(image)["backbone_fpn"]
-    actual = ort_session(onnx_path).run(None, {IMAGE_INPUT: image.numpy()})
-    return {name: compare(a, e.numpy()) for name, a, e in zip(IMAGE_OUTPUTS, actual, expected)}
+        out = model.backbone.forward_image(image)
+        feats = {"vision_features": model.backbone.vision_backbone.trunk(image)[-1].numpy(),
+                 "backbone_fpn": [f.numpy() for f in out["backbone_fpn"]]}
+        if model.inst_interactive_predictor is not None:
+            tracker = model.inst_interactive_predictor.model
+            sam2 = out["sam2_backbone_out"]["backbone_fpn"]
+            feats["high_res_feats"] = [tracker.sam_mask_decoder.conv_s0(sam2[0]).numpy(),
+                                       tracker.sam_mask_decoder.conv_s1(sam2[1]).numpy()]
+            feats["image_embed"] = (sam2[2] + tracker.no_mem_embed.reshape(1, -1, 1, 1)).numpy()
+    return feats
+
+
+def verify_image_graphs(model, folder, image, interactive):
+    """Run the exported image graphs (trunk, then each neck on onnxruntime's trunk output) and
+    the reference in PyTorch on ``image`` ``[1, 3, R, R]`` float32. Returns ``{output name:
+    {"max_abs", "max_rel"}}`` (see ``compare``) for the trunk, the FPN levels and the tracker
+    neck's outputs."""
+    image = np.asarray(image, dtype=np.float32)
+    want = reference_image_features(model, image)
+    folder = Path(folder)
+    (trunk,) = ort_session(folder / IMAGE_GRAPHS["image_trunk"]).run(None, {IMAGE_INPUT: image})
+    errors = {TRUNK_OUTPUT: compare(trunk, want["vision_features"])}
+    fpn = ort_session(folder / IMAGE_GRAPHS["detector_neck"]).run(None, {TRUNK_OUTPUT: trunk})
+    errors.update({n: compare(a, e) for n, a, e in zip(FPN_OUTPUTS, fpn, want["backbone_fpn"])})
+    if interactive:
+        got = ort_session(folder / IMAGE_GRAPHS["tracker_neck"]).run(None, {TRUNK_OUTPUT: trunk})
+        wanted = [*want["high_res_feats"], want["image_embed"]]
+        errors.update({n: compare(a, e) for n, a, e in zip(TRACKER_NECK_OUTPUTS, got, wanted)})
+    return errors
 
 
 @contextlib.contextmanager

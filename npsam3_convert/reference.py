@@ -44,11 +44,15 @@ def patch_sam3_for_cpu():
     _PATCHED = True
 
 
-def build_reference_detector(backbone=None):
+def build_reference_detector(backbone=None, interactive=False):
     """Sam3Image with the published detector configuration in eval mode; without a backbone,
-    forward_grounding runs on precomputed backbone features."""
+    forward_grounding runs on precomputed backbone features. ``interactive`` adds the
+    instance-interactive predictor (build_tracker + SAM3InteractiveImagePredictor, as
+    build_sam3_image_model(enable_inst_interactivity=True)); the backbone's neck must then have
+    its sam2_convs."""
     patch_sam3_for_cpu()
     from sam3 import model_builder as mb
+    from sam3.model.sam1_task_predictor import SAM3InteractiveImagePredictor
 
     model = mb._create_sam3_model(
         backbone=backbone,
@@ -56,7 +60,8 @@ def build_reference_detector(backbone=None):
         input_geometry_encoder=mb._create_geometry_encoder(),
         segmentation_head=mb._create_segmentation_head(),
         dot_prod_scoring=mb._create_dot_product_scoring(),
-        inst_interactive_predictor=None,
+        inst_interactive_predictor=SAM3InteractiveImagePredictor(
+            mb.build_tracker(apply_temporal_disambiguation=False)) if interactive else None,
         eval_mode=True,
     )
     return model.eval()
@@ -64,9 +69,9 @@ def build_reference_detector(backbone=None):
 
 @torch.no_grad()
 def randomize_(module, seed, layer_std=0.02):
-    """Seeded random weights in which nothing is trivial: norm affines away from (1, 0), every
-    bias and embedding non-zero, the zero-initialised box head non-zero, BatchNorm statistics
-    away from (0, 1).
+    """Seeded random weights in which nothing is trivial: norm affines (LayerNorm2d included) away
+    from (1, 0), every bias and embedding non-zero, the zero-initialised box head non-zero,
+    BatchNorm statistics away from (0, 1), the prompt encoder's random Fourier matrix seeded.
 
     Weight matrices inside the transformer layers (encoder, decoder, geometry encoder) get a small
     std (``layer_std``): with 1/fan_in weights there the text cross-attention dominates and all
@@ -77,9 +82,12 @@ def randomize_(module, seed, layer_std=0.02):
     def randn_(t, std, mean=0.0):
         t.copy_(torch.randn(t.shape, generator=g) * std + mean)
 
+    from sam3.sam.common import LayerNorm2d
+
     done = set()
     for m in module.modules():
-        if isinstance(m, (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.BatchNorm2d)) and m.weight is not None:
+        norms = (torch.nn.LayerNorm, torch.nn.GroupNorm, torch.nn.BatchNorm2d, LayerNorm2d)
+        if isinstance(m, norms) and m.weight is not None:
             randn_(m.weight, 0.2, 1.0)
             randn_(m.bias, 0.1)
             done.update({id(m.weight), id(m.bias)})
@@ -97,7 +105,9 @@ def randomize_(module, seed, layer_std=0.02):
         else:
             randn_(p, p[0].numel() ** -0.5)
     for name, b in module.named_buffers():
-        if name.endswith("running_var"):
+        if name.endswith("positional_encoding_gaussian_matrix"):  # the SAM prompt encoder's
+            randn_(b, 1.0)
+        elif name.endswith("running_var"):
             b.copy_(torch.rand(b.shape, generator=g) + 0.5)
         elif name.endswith("running_mean"):
             randn_(b, 0.1)

@@ -39,11 +39,16 @@ TRUNK = "backbone.vision_backbone.trunk."
 STUDENT = TRUNK + "model."
 STUDENT_BODY = STUDENT + "backbone.model."
 NECK = "backbone.vision_backbone.convs."
+SAM2_NECK = "backbone.vision_backbone.sam2_convs."  # the tracker neck: the interactive predictor's
 TEXT = "backbone.language_backbone."
 DETECTOR_PREFIXES = ("transformer.", "geometry_encoder.", "segmentation_head.", "dot_prod_scoring.")
-# keys a checkpoint may carry that no image model uses: the SAM2-style neck of the interactive
-# predictor, the predictor itself, and ImageNet classifier heads of older student trunks
-IGNORED_PREFIXES = ("backbone.vision_backbone.sam2_convs.", "inst_interactive_predictor.")
+TRACKER = "tracker."
+# what predict_inst uses of the tracker (the rest of tracker.* is the video tracker's)
+TRACKER_HEADS = ("tracker.sam_prompt_encoder.", "tracker.sam_mask_decoder.", "tracker.no_mem_embed")
+# SAM 3.1's tri-neck and multiplex tracker (facebook/sam3.1), not supported
+SAM31 = ("backbone.vision_backbone.interactive_convs.",
+         "backbone.vision_backbone.propagation_convs.", "tracker.model.")
+# ImageNet classifier heads of older student trunks: no image model uses them
 LEGACY_HEADS = ("classifier.", "distill_head.", "norm_head.", "head.")
 
 # ---- student image trunks (fork: sam3/backbones/{repvit,tiny_vit}.py, efficientvit/backbone.py) --
@@ -107,25 +112,41 @@ def _shape(value):
         _fail(f"checkpoint entry has no tensor shape: {value!r:.60}")
 
 
+def canonical_name(key):
+    """A checkpoint key as npsam3 names it, or None for a tensor no image model uses:
+    ``detector.`` stripped, the fork's ``student_trunk.`` wrapper removed (as its checkpoint
+    loader does), the interactive heads as ``tracker.*`` (also when saved from a Sam3Image as
+    ``inst_interactive_predictor.model.*``), the video tracker's other ``tracker.*`` tensors
+    dropped. A SAM 3.1 tensor is refused."""
+    name = key.removeprefix("detector.").replace("student_trunk.", "")
+    if name.startswith("inst_interactive_predictor.model."):
+        name = TRACKER + name.removeprefix("inst_interactive_predictor.model.")
+    if name.startswith(SAM31):
+        _fail(f"{name} is a SAM 3.1 tensor (interactive_convs / propagation_convs / "
+              "tracker.model.*): npsam3 converts SAM 3 checkpoints; SAM 3.1's tri-neck and "
+              "multiplex tracker are not supported")
+    if name.startswith(TRACKER) and not name.startswith(TRACKER_HEADS):
+        return None
+    return name
+
+
 def normalize_keys(shapes):
-    """{key: shape tuple}: ``detector.`` stripped, ``tracker.*`` dropped, the fork's
-    ``student_trunk.`` wrapper removed (as its checkpoint loader does)."""
+    """{canonical name: shape tuple} of a checkpoint's {key: shape} (see ``canonical_name``)."""
     if not isinstance(shapes, dict) or not shapes:
         _fail("checkpoint holds no tensors (empty state dict)")
-    out, ignored = {}, 0
+    out = {}
     for key, value in shapes.items():
         if not isinstance(key, str):
             _fail(f"checkpoint key {key!r} is not a string")
-        if key.startswith("tracker."):
-            ignored += 1
+        name = canonical_name(key)
+        if name is None:
             continue
-        name = key.removeprefix("detector.").replace("student_trunk.", "")
         if name in out:
             _fail(f"checkpoint is contradictory: {name} appears twice (with and without "
                   "the 'detector.' prefix or a 'student_trunk.' wrapper)")
         out[name] = _shape(value)
-    if not out:
-        _fail(f"checkpoint holds only {ignored} tracker.* tensors and no image model")
+    if not any(not k.startswith(TRACKER) for k in out):
+        _fail(f"checkpoint holds only {len(shapes)} tracker.* tensors and no image model")
     return out
 
 
@@ -263,18 +284,19 @@ def _student(s):
     return {"backbone": kind, "variant": variant, "trunk_channels": channels}
 
 
-def neck_shapes(width=EMBED_DIM, d=D_MODEL):
-    """{key: shape} of the ViTDet-style neck, levels 4x, 2x, 1x (convs.3, the 0.5x level the
-    model drops with scalp=1, is optional)."""
+def neck_shapes(width=EMBED_DIM, d=D_MODEL, prefix=NECK):
+    """{key: shape} of a ViTDet-style neck (the detector's ``convs`` or the tracker's
+    ``sam2_convs``), levels 4x, 2x, 1x (level 3, the 0.5x one the model drops with scalp=1, is
+    optional)."""
     s = {}
 
     def conv(name, cin, cout, k):
-        s[f"{NECK}{name}.weight"] = (cout, cin, k, k)
-        s[f"{NECK}{name}.bias"] = (cout,)
+        s[f"{prefix}{name}.weight"] = (cout, cin, k, k)
+        s[f"{prefix}{name}.bias"] = (cout,)
 
     def deconv(name, cin, cout):  # ConvTranspose2d weight is [in, out, k, k]
-        s[f"{NECK}{name}.weight"] = (cin, cout, 2, 2)
-        s[f"{NECK}{name}.bias"] = (cout,)
+        s[f"{prefix}{name}.weight"] = (cin, cout, 2, 2)
+        s[f"{prefix}{name}.bias"] = (cout,)
 
     deconv("0.dconv_2x2_0", width, width // 2)
     deconv("0.dconv_2x2_1", width // 2, width // 4)
@@ -286,6 +308,41 @@ def neck_shapes(width=EMBED_DIM, d=D_MODEL):
     conv("2.conv_1x1", width, d, 1)
     conv("2.conv_3x3", d, d, 3)
     return s
+
+
+def tracker_neck_shapes(d=D_MODEL):
+    """{key: shape} of what the tracker neck graph needs beyond ``sam2_convs``: the mask decoder's
+    projections of the two high-resolution levels and no_mem_embed."""
+    md = TRACKER + "sam_mask_decoder."
+    return {f"{md}conv_s0.weight": (d // 8, d, 1, 1), f"{md}conv_s0.bias": (d // 8,),
+            f"{md}conv_s1.weight": (d // 4, d, 1, 1), f"{md}conv_s1.bias": (d // 4,),
+            TRACKER + "no_mem_embed": (1, 1, d)}
+
+
+def _interactive(s):
+    """Whether the checkpoint holds SAM3's interactive predictor (what ``predict_inst`` uses):
+    the tracker neck ``sam2_convs.{0,1,2}``, the SAM heads and ``no_mem_embed``. None of it: a
+    detection-only model; all of it, well shaped: interactive; anything between: an error."""
+    from npsam3.tracker.config import NECK_CONVS, check_weights, infer_config
+
+    neck = {**neck_shapes(prefix=SAM2_NECK), **tracker_neck_shapes()}
+    heads = {k[len(TRACKER):]: v for k, v in s.items()
+             if k.startswith(TRACKER) and not k[len(TRACKER):].startswith(NECK_CONVS)
+             and k != TRACKER + "no_mem_embed"}
+    if not heads and not any(k in s for k in neck if k != TRACKER + "no_mem_embed"):
+        return False  # (no_mem_embed alone is part of every tracker, video-only ones too)
+    what = "interactive heads (sam2_convs, tracker.sam_*; --no-interactive converts without them)"
+    missing = sorted(k for k in neck if k not in s)
+    if missing:
+        _fail(f"{what} incomplete: {len(missing)} missing, e.g. {', '.join(missing[:3])}")
+    for key, shape in neck.items():
+        _expect(s, key, shape, what)
+    extra = sorted(k for k in s if k.startswith(SAM2_NECK) and k not in neck
+                   and not k.startswith(SAM2_NECK + "3."))
+    if extra:
+        _fail(f"{what} not recognised: unexpected tensor {extra[0]}")
+    check_weights(heads, infer_config(heads), "checkpoint")
+    return True
 
 
 # ---------------------------------------------------------------------------- text encoders
@@ -401,7 +458,8 @@ def detect_variant(shapes, meta=None, check_detector=True):
     (every fork name with this exact layout), ``context_length``, ``pos_embed_len``,
     ``context_length_flexible`` (True when the positional table is MobileCLIP's 77-token one and
     nothing told the context length: any length <= 77 is then consistent, e.g. LiteText's 16/32),
-    text/trunk dimensions, and ``builder`` / ``builder_kwargs`` that rebuild the model with the
+    text/trunk dimensions, ``interactive`` (the checkpoint holds the tracker neck and SAM heads of
+    the point/box predictor), and ``builder`` / ``builder_kwargs`` that rebuild the model with the
     fork. Raises Npsam3Error (one line) when the layout is unknown, incomplete or contradictory.
     """
     s = normalize_keys(shapes)
@@ -448,7 +506,8 @@ def detect_variant(shapes, meta=None, check_detector=True):
             _fail("checkpoint holds no detector (transformer.*, geometry_encoder.*, ...)")
         check_weights(det, infer_config(det), "checkpoint")
 
-    known = (TRUNK, NECK, TEXT) + DETECTOR_PREFIXES + IGNORED_PREFIXES
+    out["interactive"] = _interactive(s)
+    known = (TRUNK, NECK, SAM2_NECK, TEXT, TRACKER) + DETECTOR_PREFIXES
     unknown = sorted(k for k in s if not k.startswith(known))
     if unknown:
         more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
@@ -456,8 +515,8 @@ def detect_variant(shapes, meta=None, check_detector=True):
 
     out["family"] = ("efficientsam3" if has_student else
                      "sam3" if out["text_encoder"] == VE_TEXT else "sam3-litetext")
-    ignored = ["tracker.*"] if any(k.startswith("tracker.") for k in shapes) else []
-    ignored += [p + "*" for p in IGNORED_PREFIXES if any(k.startswith(p) for k in s)]
+    ignored = ["tracker.* of the video tracker"] if any(
+        k.startswith(TRACKER) and not k.startswith(TRACKER_HEADS) for k in shapes) else []
     if any(k.startswith(tuple(STUDENT_BODY + h for h in LEGACY_HEADS)) for k in s):
         ignored.append(STUDENT_BODY + "{classifier,distill_head,norm_head,head}.* (ImageNet head)")
     out.update(embed_dim=EMBED_DIM, feat_size=FEAT_SIZE, resolution=RESOLUTION, d_model=D_MODEL,

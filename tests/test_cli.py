@@ -192,15 +192,15 @@ def test_segment_refuses_damaged_bundles(bundle, tmp_path):
     assert not (tmp_path / "o").exists()
 
     swapped = shutil.copytree(bundle, tmp_path / "b2")  # an ONNX file of another model, re-hashed
-    shutil.copy(swapped / "text_encoder.onnx", swapped / "image_encoder.onnx")
+    shutil.copy(swapped / "text_encoder.onnx", swapped / "image_trunk.onnx")
     manifest = json.loads((swapped / "manifest.json").read_text())
     from npsam3.bundle import file_entry
 
-    manifest["files"]["image_encoder.onnx"] = file_entry(swapped / "image_encoder.onnx")
+    manifest["files"]["image_trunk.onnx"] = file_entry(swapped / "image_trunk.onnx")
     (swapped / "manifest.json").write_text(json.dumps(manifest))
     r = npsam3_cli("segment", ASSETS / "coffee.jpg", "--bundle", swapped, "--prompt", "a cup",
                    "--out", tmp_path / "o")
-    assert r.returncode == 1 and "is not an npsam3 image encoder" in r.stderr, r.stderr
+    assert r.returncode == 1 and "is not an npsam3 image trunk" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
 

@@ -1,5 +1,6 @@
-"""ONNX export of the image and text encoders, checked in onnxruntime against sam3's PyTorch
-backbone, on the tiny SAM3 model (reduced ViT trunk and text encoder, real neck, 1008 input).
+"""ONNX export of the image graphs (trunk, detector neck, tracker neck) and the text encoder,
+checked in onnxruntime against sam3's PyTorch backbone and interactive predictor, on the tiny
+SAM3 model (reduced ViT trunk and text encoder, real necks and heads, 1008 input).
 
 Tolerances are max |ort - torch| / max |torch| per output (``onnx_export.compare``). Measured on
 this project's machine: FPN levels ~2.5e-6, language features ~6e-7; we assert FEATURE_TOL = 1e-4
@@ -12,8 +13,8 @@ import torch
 
 from npsam3_convert import onnx_export as ox
 from npsam3_convert.checkpoint import load_checkpoint
-from npsam3_convert.models import (CONTEXT_LENGTH, RESOLUTION, build_tiny_sam3_image_model,
-                               load_state)
+from npsam3_convert.models import (CONTEXT_LENGTH, PREDICTOR, RESOLUTION, USED_TRACKER,
+                                   build_tiny_sam3_image_model, load_state)
 from npsam3.errors import Npsam3Error
 
 FEATURE_TOL = 1e-4
@@ -32,9 +33,10 @@ def onnx_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image_onnx(tiny_model, onnx_dir):
-    files = ox.export_image_encoder(tiny_model, onnx_dir / "image_encoder.onnx", RESOLUTION)
-    assert files == [onnx_dir / "image_encoder.onnx"]  # small models are one self-contained file
-    return files[0]
+    files = ox.export_image_graphs(tiny_model, onnx_dir, RESOLUTION, interactive=True)
+    # small models are one self-contained file per graph
+    assert files == [onnx_dir / name for name in ox.IMAGE_GRAPHS.values()]
+    return onnx_dir
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +65,24 @@ def io_signature(session):
             [(o.name, o.type, o.shape) for o in session.get_outputs()])
 
 
-def test_image_encoder_graph_signature(image_onnx):
+def test_image_graph_signatures(image_onnx):
     s = 4 * RESOLUTION // 14
-    assert io_signature(ox.ort_session(image_onnx)) == (
-        [("image", "tensor(float)", [1, 3, RESOLUTION, RESOLUTION])],
-        [("backbone_fpn_0", "tensor(float)", [1, 256, s, s]),
-         ("backbone_fpn_1", "tensor(float)", [1, 256, s // 2, s // 2]),
-         ("backbone_fpn_2", "tensor(float)", [1, 256, s // 4, s // 4])],
-    )
+    trunk = [("vision_features", "tensor(float)", [1, 128, s // 4, s // 4])]  # the tiny ViT's width
+    assert io_signature(ox.ort_session(image_onnx / "image_trunk.onnx")) == (
+        [("image", "tensor(float)", [1, 3, RESOLUTION, RESOLUTION])], trunk)
+    assert io_signature(ox.ort_session(image_onnx / "detector_neck.onnx")) == (trunk, [
+        ("backbone_fpn_0", "tensor(float)", [1, 256, s, s]),
+        ("backbone_fpn_1", "tensor(float)", [1, 256, s // 2, s // 2]),
+        ("backbone_fpn_2", "tensor(float)", [1, 256, s // 4, s // 4])])
+    assert io_signature(ox.ort_session(image_onnx / "tracker_neck.onnx")) == (trunk, [
+        ("high_res_feats_0", "tensor(float)", [1, 32, s, s]),
+        ("high_res_feats_1", "tensor(float)", [1, 64, s // 2, s // 2]),
+        ("image_embed", "tensor(float)", [1, 256, s // 4, s // 4])])
 
 
-def test_image_encoder_matches_torch(tiny_model, image_onnx):
-    errors = ox.verify_image_encoder(tiny_model, image_onnx, smooth_image(seed=1))
-    assert set(errors) == set(ox.IMAGE_OUTPUTS)
+def test_image_graphs_match_torch(tiny_model, image_onnx):
+    errors = ox.verify_image_graphs(tiny_model, image_onnx, smooth_image(seed=1), interactive=True)
+    assert set(errors) == {ox.TRUNK_OUTPUT, *ox.FPN_OUTPUTS, *ox.TRACKER_NECK_OUTPUTS}
     for name, err in errors.items():
         assert err["max_rel"] <= FEATURE_TOL, (name, err)
 
@@ -137,20 +144,27 @@ def test_weights_over_the_size_limit_go_to_one_external_data_file(tiny_model, tm
 
 
 def test_load_state_from_a_published_checkpoint(tiny_model, tmp_path):
+    """detector.* image model and the whole tracker.* (video tracker included), as sam3.pt: the
+    interactive predictor gets its SAM heads, the video-only tensors are not needed."""
     state = tiny_model.state_dict()
-    ckpt = {f"detector.{k}": v for k, v in state.items() if not k.endswith(".freqs_cis")}
-    ckpt["detector.backbone.vision_backbone.sam2_convs.0.conv_1x1.bias"] = torch.zeros(256)
-    ckpt["tracker.maskmem_backbone.weight"] = torch.zeros(1)
+    ckpt = {f"detector.{k}": v for k, v in state.items()
+            if not k.endswith(".freqs_cis") and not k.startswith(PREDICTOR)}
+    ckpt.update({"tracker." + k.removeprefix(PREDICTOR): v for k, v in state.items()
+                 if k.startswith(PREDICTOR)})
     torch.save({"model": ckpt}, tmp_path / "ckpt.pt")
     other = build_tiny_sam3_image_model(seed=1)
-    unused = load_state(other, load_checkpoint(tmp_path / "ckpt.pt"), "ckpt.pt")
-    assert unused == ["backbone.vision_backbone.sam2_convs.0.conv_1x1.bias"]
-    assert all(torch.equal(v, state[k]) for k, v in other.state_dict().items())
+    assert load_state(other, load_checkpoint(tmp_path / "ckpt.pt"), "ckpt.pt") == []
+    loaded = {k: v for k, v in other.state_dict().items()
+              if not k.startswith(PREDICTOR) or k.startswith(USED_TRACKER)}
+    assert any(k.startswith(USED_TRACKER) for k in loaded)
+    assert all(torch.equal(v, state[k]) for k, v in loaded.items())
 
-    del ckpt["detector.transformer.decoder.query_embed.weight"]
-    torch.save({"model": ckpt}, tmp_path / "ckpt.pt")
-    with pytest.raises(Npsam3Error, match="ckpt.pt lacks 1 tensors"):
-        load_state(other, load_checkpoint(tmp_path / "ckpt.pt"), "ckpt.pt")
+    for key in ("detector.transformer.decoder.query_embed.weight",
+                "tracker.sam_mask_decoder.iou_token.weight"):
+        broken = {k: v for k, v in ckpt.items() if k != key}
+        torch.save({"model": broken}, tmp_path / "ckpt.pt")
+        with pytest.raises(Npsam3Error, match="ckpt.pt lacks 1 tensors"):
+            load_state(other, load_checkpoint(tmp_path / "ckpt.pt"), "ckpt.pt")
 
 
 def test_tiny_epsilons_survive_the_graph_optimiser(tmp_path):

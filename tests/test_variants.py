@@ -280,8 +280,8 @@ def checkpoint(trunk, text, prefix="detector.", tracker=True):
     return s
 
 
-def sam3():
-    return checkpoint(vit_h(), ve_text())
+def sam3(tracker=True):
+    return checkpoint(vit_h(), ve_text(), tracker=tracker)
 
 
 def efficientsam3(kind="repvit", name="m1.1", text="MobileCLIP-S1", table=32):
@@ -326,7 +326,8 @@ def test_every_efficientsam3_variant(kind, name, text):
     assert d["builder_kwargs"] == {"backbone_type": kind, "model_name": name,
                                    "text_encoder_type": text, "text_encoder_context_length": 16}
     assert d["trunk_channels"] == STUDENTS[kind](name)[1]
-    assert not d["truncate_after_load"] and "tracker.*" in d["ignored"]
+    assert not d["truncate_after_load"] and "tracker.* of the video tracker" in d["ignored"]
+    assert d["interactive"] is False
 
 
 @pytest.mark.parametrize("ctx", [16, 32, 77])
@@ -397,12 +398,10 @@ def test_tolerated_extras():
     body = "detector.backbone.vision_backbone.trunk.model.backbone.model."
     s = {k.replace(body, body + "student_trunk.") if "features.0." in k else k: v for k, v in s.items()}
     s.update({body + "classifier.classifier.l.weight": (1000, 384),
-              **prefixed(body, bn("classifier.classifier.bn", 384)),
-              "detector.backbone.vision_backbone.sam2_convs.0.conv_1x1.weight": (256, 256, 1, 1)})
+              **prefixed(body, bn("classifier.classifier.bn", 384))})
     d = detect_variant(s)
     assert (d["backbone"], d["variant"]) == ("repvit", "m0.9")
     assert any("ImageNet" in x for x in d["ignored"])
-    assert "backbone.vision_backbone.sam2_convs.*" in d["ignored"]
     t = efficientsam3("tinyvit", "21m")
     t.update({body + "norm_head.weight": (576,), body + "head.weight": (1000, 576)})
     assert detect_variant(t)["variant"] == "21m"
@@ -601,3 +600,44 @@ def test_module_does_not_import_torch():
             "sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr or "torch imported"
+
+
+def interactive_heads():
+    """What a published checkpoint holds for predict_inst: the tracker neck and the SAM heads,
+    next to video-only tracker tensors."""
+    from npsam3.tracker.config import weight_shapes
+    from npsam3_convert.variants import SAM2_NECK, neck_shapes, tracker_neck_shapes
+
+    cfg = {"d_model": 256, "mlp_dim": 2048, "depth": 2, "downsample_rate": 2, "num_mask_tokens": 4,
+           "mask_in_chans": 16, "iou_head_hidden_dim": 256}
+    return {**prefixed("detector.", neck_shapes(prefix=SAM2_NECK)), **tracker_neck_shapes(),
+            **prefixed("tracker.", weight_shapes(cfg)),
+            "tracker.maskmem_backbone.mask_downsampler.encoder.0.weight": (4, 1, 3, 3)}
+
+
+def test_interactive_heads_are_recognised():
+    d = detect_variant({**sam3(), **interactive_heads()})
+    assert d["interactive"] is True and d["family"] == "sam3"
+    assert detect_variant({**efficientsam3(), **interactive_heads()})["interactive"] is True
+    saved = {k.replace("tracker.", "detector.inst_interactive_predictor.model.", 1): v
+             for k, v in interactive_heads().items()}  # a Sam3Image state_dict's names
+    assert detect_variant({**sam3(tracker=False), **saved})["interactive"] is True
+
+
+def test_incomplete_or_misshapen_interactive_heads():
+    heads = interactive_heads()
+    del heads["tracker.sam_mask_decoder.conv_s0.weight"]
+    raises("interactive heads .* incomplete: 1 missing.*conv_s0.weight", detect_variant,
+           {**sam3(), **heads})
+    heads = interactive_heads()
+    heads["tracker.sam_mask_decoder.mask_tokens.weight"] = (5, 256)
+    raises("interactive SAM heads npsam3 expects", detect_variant, {**sam3(), **heads})
+    lone = {"detector.backbone.vision_backbone.sam2_convs.0.conv_1x1.weight": (256, 256, 1, 1)}
+    raises("--no-interactive converts without them", detect_variant, {**sam3(), **lone})
+
+
+@pytest.mark.parametrize("key", ["detector.backbone.vision_backbone.interactive_convs.0.conv_1x1.weight",
+                                 "detector.backbone.vision_backbone.propagation_convs.1.conv_3x3.bias",
+                                 "tracker.model.interactive_sam_mask_decoder.iou_token.weight"])
+def test_sam31_checkpoints_are_refused(key):
+    raises("SAM 3.1 tensor .* not supported", detect_variant, {**sam3(), key: (256,)})

@@ -26,10 +26,17 @@ def run(args):
                      "are meaningless")
     elif weights.get("checkpoint"):
         lines.append(f"weights: from {weights['checkpoint']}")
-    if "image_encoder" in m:
-        img = m["image_encoder"]
+    img = m.get("image_trunk") or m.get("image_encoder")  # format 1: one image encoder graph
+    if img:
         lines.append(f"image encoder: {img['file']}, {img['resolution']} x {img['resolution']} input, "
                      f"{img.get('preprocessing', '')}")
+    if m["format_version"] >= 2:
+        lines.append("interactive predictor (points, boxes, masks): " + (
+            f"yes, {m['tracker']['file']} + {m['tracker_neck']['file']}" if m.get("interactive")
+            else "no, detection-only (the checkpoint had no tracker neck and SAM heads, or "
+                 "--no-interactive)"))
+    else:
+        lines.append("interactive predictor: no (a format-1 bundle; convert again for it)")
     if "text_encoder" in m:
         lines.append(f"text encoder: {m['text_encoder']['file']}, "
                      f"{m['text_encoder']['context_length']} tokens per prompt")

@@ -4,9 +4,8 @@ Values fixed by sam3's model_builder (and unchanged in every SAM3-family checkpo
 far) are the defaults; everything the weights reveal is read from their shapes instead.
 """
 
-import re
-
 from ..errors import Npsam3Error
+from ..shapes import check_shapes, count, linear, mlp, norm
 
 PREFIXES = ("transformer.", "geometry_encoder.", "segmentation_head.", "dot_prod_scoring.")
 
@@ -19,37 +18,23 @@ BUILDER_DEFAULTS = {
 }
 
 
-def _linear(name, n_in, n_out):
-    return {f"{name}.weight": (n_out, n_in), f"{name}.bias": (n_out,)}
-
-
-def _norm(name, d):
-    return {f"{name}.weight": (d,), f"{name}.bias": (d,)}
-
-
 def _mha(name, d):
     return {f"{name}.in_proj_weight": (3 * d, d), f"{name}.in_proj_bias": (3 * d,),
-            **_linear(f"{name}.out_proj", d, d)}
-
-
-def _mlp(name, n_in, hidden, n_out, num_layers):
-    dims = [n_in] + [hidden] * (num_layers - 1) + [n_out]
-    return {k: v for i in range(num_layers)
-            for k, v in _linear(f"{name}.layers.{i}", dims[i], dims[i + 1]).items()}
+            **linear(f"{name}.out_proj", d, d)}
 
 
 def _encoder_layer(name, d, ffn):
     return {**_mha(f"{name}.self_attn", d), **_mha(f"{name}.cross_attn_image", d),
-            **_linear(f"{name}.linear1", d, ffn), **_linear(f"{name}.linear2", ffn, d),
-            **_norm(f"{name}.norm1", d), **_norm(f"{name}.norm2", d), **_norm(f"{name}.norm3", d)}
+            **linear(f"{name}.linear1", d, ffn), **linear(f"{name}.linear2", ffn, d),
+            **norm(f"{name}.norm1", d), **norm(f"{name}.norm2", d), **norm(f"{name}.norm3", d)}
 
 
 def _decoder_layer(name, d, ffn):
-    return {**_mha(f"{name}.cross_attn", d), **_norm(f"{name}.norm1", d),
-            **_mha(f"{name}.ca_text", d), **_norm(f"{name}.catext_norm", d),
-            **_mha(f"{name}.self_attn", d), **_norm(f"{name}.norm2", d),
-            **_linear(f"{name}.linear1", d, ffn), **_linear(f"{name}.linear2", ffn, d),
-            **_norm(f"{name}.norm3", d)}
+    return {**_mha(f"{name}.cross_attn", d), **norm(f"{name}.norm1", d),
+            **_mha(f"{name}.ca_text", d), **norm(f"{name}.catext_norm", d),
+            **_mha(f"{name}.self_attn", d), **norm(f"{name}.norm2", d),
+            **linear(f"{name}.linear1", d, ffn), **linear(f"{name}.linear2", ffn, d),
+            **norm(f"{name}.norm3", d)}
 
 
 def weight_shapes(cfg):
@@ -61,47 +46,42 @@ def weight_shapes(cfg):
     dec = "transformer.decoder"
     for i in range(cfg["decoder_layers"]):
         s.update(_decoder_layer(f"{dec}.layers.{i}", d, ffn))
-    s.update({**_norm(f"{dec}.norm", d), **_mlp(f"{dec}.bbox_embed", d, d, 4, 3),
+    s.update({**norm(f"{dec}.norm", d), **mlp(f"{dec}.bbox_embed", d, d, 4, 3),
               f"{dec}.query_embed.weight": (cfg["num_queries"], d),
               f"{dec}.reference_points.weight": (cfg["num_queries"], 4),
-              **_mlp(f"{dec}.boxRPB_embed_x", 2, d, nh, 2),
-              **_mlp(f"{dec}.boxRPB_embed_y", 2, d, nh, 2),
-              **_mlp(f"{dec}.ref_point_head", 2 * d, d, d, 2)})
+              **mlp(f"{dec}.boxRPB_embed_x", 2, d, nh, 2),
+              **mlp(f"{dec}.boxRPB_embed_y", 2, d, nh, 2),
+              **mlp(f"{dec}.ref_point_head", 2 * d, d, d, 2)})
     if cfg["presence_token"]:
         s.update({f"{dec}.presence_token.weight": (1, d),
-                  **_mlp(f"{dec}.presence_token_head", d, d, 1, 3),
-                  **_norm(f"{dec}.presence_token_out_norm", d)})
+                  **mlp(f"{dec}.presence_token_head", d, d, 1, 3),
+                  **norm(f"{dec}.presence_token_out_norm", d)})
     g, r = "geometry_encoder", cfg["roi_size"]
     s.update({f"{g}.label_embed.weight": (2, d), f"{g}.cls_embed.weight": (1, d),
-              **_linear(f"{g}.points_direct_project", 2, d),
-              **_linear(f"{g}.points_pool_project", d, d),
-              **_linear(f"{g}.points_pos_enc_project", d, d),
-              **_linear(f"{g}.boxes_direct_project", 4, d),
+              **linear(f"{g}.points_direct_project", 2, d),
+              **linear(f"{g}.points_pool_project", d, d),
+              **linear(f"{g}.points_pos_enc_project", d, d),
+              **linear(f"{g}.boxes_direct_project", 4, d),
               f"{g}.boxes_pool_project.weight": (d, d, r, r), f"{g}.boxes_pool_project.bias": (d,),
-              **_linear(f"{g}.boxes_pos_enc_project", d + 2, d),
-              **_linear(f"{g}.final_proj", d, d), **_norm(f"{g}.norm", d),
-              **_norm(f"{g}.img_pre_norm", d), **_norm(f"{g}.encode_norm", d)})
+              **linear(f"{g}.boxes_pos_enc_project", d + 2, d),
+              **linear(f"{g}.final_proj", d, d), **norm(f"{g}.norm", d),
+              **norm(f"{g}.img_pre_norm", d), **norm(f"{g}.encode_norm", d)})
     for i in range(cfg["geometry_layers"]):
         s.update(_encoder_layer(f"{g}.encode.{i}", d, ffn))
     sh = "segmentation_head"
     for i in range(cfg["pixel_decoder_convs"]):
         s.update({f"{sh}.pixel_decoder.conv_layers.{i}.weight": (d, d, 3, 3),
                   f"{sh}.pixel_decoder.conv_layers.{i}.bias": (d,),
-                  **_norm(f"{sh}.pixel_decoder.norms.{i}", d)})
-    s.update({**_mlp(f"{sh}.mask_predictor.mask_embed", d, d, d, 3),
-              **_mha(f"{sh}.cross_attend_prompt", d), **_norm(f"{sh}.cross_attn_norm", d),
+                  **norm(f"{sh}.pixel_decoder.norms.{i}", d)})
+    s.update({**mlp(f"{sh}.mask_predictor.mask_embed", d, d, d, 3),
+              **_mha(f"{sh}.cross_attend_prompt", d), **norm(f"{sh}.cross_attn_norm", d),
               f"{sh}.semantic_seg_head.weight": (1, d, 1, 1), f"{sh}.semantic_seg_head.bias": (1,),
               f"{sh}.instance_seg_head.weight": (d, d, 1, 1), f"{sh}.instance_seg_head.bias": (d,)})
     ds = "dot_prod_scoring"
-    s.update({**_mlp(f"{ds}.prompt_mlp", d, cfg["scoring_mlp_dim"], d, 2),
-              **_norm(f"{ds}.prompt_mlp.out_norm", d),
-              **_linear(f"{ds}.prompt_proj", d, d), **_linear(f"{ds}.hs_proj", d, d)})
+    s.update({**mlp(f"{ds}.prompt_mlp", d, cfg["scoring_mlp_dim"], d, 2),
+              **norm(f"{ds}.prompt_mlp.out_norm", d),
+              **linear(f"{ds}.prompt_proj", d, d), **linear(f"{ds}.hs_proj", d, d)})
     return s
-
-
-def _count(keys, pattern):
-    idx = {int(m.group(1)) for k in keys if (m := re.match(pattern, k))}
-    return max(idx) + 1 if idx else 0
 
 
 def infer_config(shapes):
@@ -126,10 +106,10 @@ def infer_config(shapes):
         "heads": shape(f"{dec}.boxRPB_embed_x.layers.1.weight")[0],
         "num_queries": num_queries,
         "dim_feedforward": shape("transformer.encoder.layers.0.linear1.weight")[0],
-        "encoder_layers": _count(shapes, r"transformer\.encoder\.layers\.(\d+)\."),
-        "decoder_layers": _count(shapes, r"transformer\.decoder\.layers\.(\d+)\."),
-        "geometry_layers": _count(shapes, r"geometry_encoder\.encode\.(\d+)\."),
-        "pixel_decoder_convs": _count(shapes, r"segmentation_head\.pixel_decoder\.conv_layers\.(\d+)\."),
+        "encoder_layers": count(shapes, r"transformer\.encoder\.layers\.(\d+)\."),
+        "decoder_layers": count(shapes, r"transformer\.decoder\.layers\.(\d+)\."),
+        "geometry_layers": count(shapes, r"geometry_encoder\.encode\.(\d+)\."),
+        "pixel_decoder_convs": count(shapes, r"segmentation_head\.pixel_decoder\.conv_layers\.(\d+)\."),
         "scoring_mlp_dim": shape("dot_prod_scoring.prompt_mlp.layers.0.weight")[0],
         "roi_size": shape("geometry_encoder.boxes_pool_project.weight")[-1],
         "presence_token": f"{dec}.presence_token.weight" in shapes,
@@ -142,15 +122,4 @@ def infer_config(shapes):
 
 def check_weights(shapes, cfg, source):
     """Raise one Npsam3Error listing every missing, unexpected or mis-shaped detector tensor."""
-    expected = weight_shapes(cfg)
-    missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
-    wrong = sorted(f"{k} {tuple(shapes[k])} (expected {expected[k]})"
-                   for k in set(expected) & set(shapes) if tuple(shapes[k]) != expected[k])
-    problems = []
-    for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-        if items:
-            more = f" and {len(items) - 5} more" if len(items) > 5 else ""
-            problems.append(f"{len(items)} {what}: {', '.join(items[:5])}{more}")
-    if problems:
-        raise Npsam3Error(f"{source} does not hold the detector npsam3 expects: " + "; ".join(problems))
+    check_shapes(shapes, weight_shapes(cfg), source, "detector")

@@ -50,7 +50,7 @@ class SamHeads:
         self.timings[name] = time.perf_counter() - t
 
     def predict(self, features, point_coords=None, point_labels=None, boxes=None, mask_input=None,
-                multimask_output=True, return_logits=False, orig_hw=None):
+                multimask_output=True, return_logits=False, orig_hw=None, fill_holes=True):
         """SAM3InteractiveImagePredictor._predict on prompts already in the 1008-px input frame.
 
         features: {"image_embed": [1, C, h, w], "high_res_feats": [[1, C/8, 4h, 4w],
@@ -88,7 +88,8 @@ class SamHeads:
                 multimask_output, features["high_res_feats"], cfg["num_heads"],
                 cfg["stability_delta"], cfg["stability_thresh"])
         with self._stage("postprocess"):
-            masks = postprocess_masks(low_res_masks, orig_hw or size, cfg["max_hole_area"],
+            masks = postprocess_masks(low_res_masks, orig_hw or size,
+                                      cfg["max_hole_area"] if fill_holes else 0,
                                       cfg["mask_threshold"],
                                       None if return_logits else cfg["mask_threshold"])
         return masks, iou_predictions, np.clip(low_res_masks, -32, 32)
