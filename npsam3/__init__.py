@@ -5,10 +5,12 @@ stays instant.
 """
 
 __version__ = "0.1.0"
-__all__ = ["Detector", "Model", "Npsam3Error", "Sam3Processor", "load_detector", "load_model"]
+__all__ = ["Detector", "InteractivePredictor", "Model", "Npsam3Error", "Sam3Processor",
+           "load_detector", "load_model"]
 
 _WHERE = {"Detector": "detector", "load_detector": "detector", "Model": "model",
-          "load_model": "model", "Npsam3Error": "errors", "Sam3Processor": "processor"}
+          "load_model": "model", "Npsam3Error": "errors", "Sam3Processor": "processor",
+          "InteractivePredictor": "tracker.predictor"}
 
 
 def __getattr__(name):

@@ -23,6 +23,7 @@ def patch_sam3_for_cpu():
     warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
     import sam3.model.decoder as decoder
     import sam3.model.position_encoding as position_encoding
+    import sam3.perflib.connected_components as connected_components
 
     # geometry encoder box path: scale.pin_memory() needs CUDA
     torch.Tensor.pin_memory = lambda self, *a, **k: self
@@ -41,7 +42,21 @@ def patch_sam3_for_cpu():
                 self.forward(torch.zeros(1, 1, n, n))
 
     position_encoding.PositionEmbeddingSine.__init__ = init_cpu
+    # hole filling's CPU path: the same skimage labels, component sizes by bincount instead of
+    # one full-image pass per component (minutes for the noisy masks of random weights)
+    connected_components.connected_components_cpu_single = _connected_components_cpu_single
     _PATCHED = True
+
+
+def _connected_components_cpu_single(values):
+    """sam3.perflib.connected_components.connected_components_cpu_single, vectorised: labels
+    [H, W] (skimage, 8-connected) and each pixel's component size (0 for the background)."""
+    from skimage.measure import label
+
+    labels = label(values.cpu().numpy())
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return torch.from_numpy(labels), torch.from_numpy(sizes[labels])
 
 
 def build_reference_detector(backbone=None, interactive=False):

@@ -56,11 +56,20 @@ def random_inputs(seed, feat_size=(72, 72), n_valid=5, context=32, d=256):
 
 @pytest.fixture(scope="session")
 def torch_model():
-    """A SAM3-family Sam3Image from sam3's classes: the real detector and neck, a reduced ViT
-    trunk and text encoder, seeded random weights."""
+    """A SAM3-family Sam3Image from sam3's classes: the real detector and necks, the interactive
+    predictor, a reduced ViT trunk and text encoder, seeded random weights. The mask decoder's
+    first hypernetwork output is scaled up (x7) so that its mask is sometimes stable enough for
+    the single-mask choice to keep it: both stability branches then occur on real photos."""
+    import torch
+
     from npsam3_convert.models import build_tiny_sam3_image_model
 
-    return build_tiny_sam3_image_model(seed=0)
+    model = build_tiny_sam3_image_model(seed=0)
+    head = model.inst_interactive_predictor.model.sam_mask_decoder.output_hypernetworks_mlps[0]
+    with torch.no_grad():
+        head.layers[2].weight *= 7
+        head.layers[2].bias *= 7
+    return model
 
 
 @pytest.fixture(scope="session")
