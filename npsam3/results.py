@@ -26,6 +26,12 @@ Result JSON schema (``result_json``)::
       ...                              # keys of ``extra`` (threshold, timings, bundle, ...)
     }
 
+``npsam3 object`` writes the same schema with format "npsam3-object": "points" ([{"xy": [x, y],
+"label": 1 or 0}]), "boxes" (pixels, clipped), "multimask", "fill_holes"; its instances are the
+predicted masks in the predictor's order, each with "object" (the index of its box; 0 without
+boxes), "mask" (its index among the object's candidates), "score" = the predicted IoU and "box"
+= the bounding box of the mask's pixels.
+
 ``segmentation`` decodes with ``npsam3.rle.rle_decode`` or ``pycocotools.mask.decode``.
 Overlay PNGs carry the text chunk ``npsam3-output: overlay``, by which a later run over the same
 folder recognises them as outputs rather than photos.
@@ -67,12 +73,14 @@ def instance_json(i, score, box, mask_or_rle, size_hw):
             "area": rle_area(rle), "segmentation": rle}
 
 
-def result_json(image_path, image_size_hw, boxes_xyxy, scores, masks, kind="segment", extra=None):
+def result_json(image_path, image_size_hw, boxes_xyxy, scores, masks, kind="segment", extra=None,
+                fields=None):
     """The result dict of one image (schema in the module docstring), JSON-serialisable.
 
     boxes_xyxy [N, 4] pixels (clipped here), scores [N], masks: N bool [H, W] masks or N COCO RLE
     dicts, in the order to write (the caller sorts); extra: further top-level keys (e.g. "prompt",
-    "exemplars"), which must not collide with the schema's own."""
+    "exemplars"), which must not collide with the schema's own; fields: N dicts of further keys
+    per instance."""
     h, w = (int(v) for v in image_size_hw)
     boxes = clip_boxes(boxes_xyxy, h, w)
     scores = np.asarray(scores, dtype=np.float64).ravel()
@@ -84,8 +92,8 @@ def result_json(image_path, image_size_hw, boxes_xyxy, scores, masks, kind="segm
         if key in _RESERVED:
             raise ValueError(f"extra key {key!r} collides with the result schema")
         result[key] = value
-    result["instances"] = [instance_json(i, scores[i], boxes[i], masks[i], (h, w))
-                           for i in range(len(boxes))]
+    result["instances"] = [{**instance_json(i, scores[i], boxes[i], masks[i], (h, w)),
+                            **(fields[i] if fields else {})} for i in range(len(boxes))]
     return result
 
 

@@ -84,6 +84,18 @@ def bundle(torch_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def detection_only_bundle(torch_model, tmp_path_factory):
+    """torch_model exported without its interactive predictor."""
+    from npsam3_convert.bundle import export_bundle
+    from npsam3_convert.models import CONTEXT_LENGTH
+
+    out = tmp_path_factory.mktemp("e2e") / "detection-only"
+    export_bundle(torch_model, out, context_length=CONTEXT_LENGTH, verify=False,
+                  interactive=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def np_model(bundle):
     import npsam3
 

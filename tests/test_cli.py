@@ -233,6 +233,49 @@ def test_status_line_on_a_terminal(bundle, images, tmp_path):
     assert "\x1b" not in stdout and len(stdout.strip().splitlines()) == 2
 
 
+def test_object_from_clicks_and_boxes(bundle, tmp_path):
+    r = npsam3_cli("object", ASSETS / "coins.jpg", "--bundle", bundle, "--point", "100,150",
+                   "--point", "300,60,0", "--box", "-5,20,200,180", "--box", "150,60,300,250",
+                   "--multimask", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "box -5,20,200,180 reaches outside the 384x303 image; clipped to 0,20,200,180" in r.stderr
+    result = json.loads((tmp_path / "coins.object.json").read_text())
+    assert result["format"] == "npsam3-object" and result["multimask"] is True
+    assert result["points"] == [{"xy": [100, 150], "label": 1}, {"xy": [300, 60], "label": 0}]
+    assert result["boxes"] == [[0, 20, 200, 180], [150, 60, 300, 250]]
+    inst = result["instances"]
+    assert [(i["object"], i["mask"]) for i in inst] == [(o, m) for o in range(2) for m in range(3)]
+    for i in inst:
+        mask = rle_decode(i["segmentation"])
+        assert mask.shape == (303, 384) and mask.sum() == i["area"] and 0 < i["score"] < 1
+    assert Image.open(tmp_path / "coins.object.png").size == (384, 303)
+    r = npsam3_cli("object", ASSETS / "coins.jpg", "--bundle", bundle, "--point", "100,150",
+                   "--out", tmp_path / "one")
+    assert r.returncode == 0 and "1 mask(s)" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--point", "100,150,2"], 2, "is not X,Y or X,Y,LABEL"),
+    (["--point", "1,nan"], 2, "is not X,Y or X,Y,LABEL"),
+    ([], 1, "give --point, --box, or both"),
+    (["--point", "500,150"], 1, "a point lies outside the 384x303 image"),
+    (["--box", "50,50,50,80"], 1, "zero area or is inverted"),
+])
+def test_object_bad_arguments(bundle, tmp_path, args, code, message):
+    r = npsam3_cli("object", ASSETS / "coins.jpg", "--bundle", bundle, "--out", tmp_path / "o",
+                   *args)
+    assert r.returncode == code and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_object_needs_an_interactive_bundle(detection_only_bundle, tmp_path):
+    r = npsam3_cli("object", ASSETS / "coins.jpg", "--bundle", detection_only_bundle,
+                   "--point", "10,10", "--out", tmp_path / "o")
+    assert r.returncode == 1 and "is detection-only" in r.stderr, r.stderr
+    r = npsam3_cli("info", detection_only_bundle)
+    assert "interactive predictor (points, boxes, masks): no, detection-only" in r.stdout
+
+
 def test_info(bundle):
     r = npsam3_cli("info", bundle)
     assert r.returncode == 0, r.stderr
@@ -240,6 +283,7 @@ def test_info(bundle):
     assert "6 fusion-encoder / 6 decoder / 3 geometry layers" in r.stdout
     assert "verified at export: backbone_fpn_0" in r.stdout
     assert "weights: RANDOM (seed 0)" in r.stdout
+    assert "interactive predictor (points, boxes, masks): yes, tracker.safetensors" in r.stdout
     assert "kernels: attention, conv2d from onnxruntime" in r.stdout
     r = npsam3_cli("info", bundle, env={**os.environ, "NPSAM3_KERNELS": "numpy"})
     assert "kernels: NumPy only (NPSAM3_KERNELS=numpy)" in r.stdout

@@ -243,15 +243,10 @@ def test_bad_interactive_prompts(np_model, kwargs, message):
         np_model.predict_inst(state, **kwargs)
 
 
-def test_detection_only_bundles_refuse_interactive_calls(torch_model, tmp_path):
-    from npsam3_convert.bundle import export_bundle
-    from npsam3_convert.models import CONTEXT_LENGTH
-
-    out = tmp_path / "detection-only"
-    manifest = export_bundle(torch_model, out, context_length=CONTEXT_LENGTH, verify=False,
-                             interactive=False)
-    assert manifest["interactive"] is False and "tracker.safetensors" not in manifest["files"]
-    model = npsam3.load_model(out)
+def test_detection_only_bundles_refuse_interactive_calls(detection_only_bundle):
+    model = npsam3.load_model(detection_only_bundle)
+    assert model.manifest["interactive"] is False
+    assert "tracker.safetensors" not in model.manifest["files"]
     state = npsam3.Sam3Processor(model).set_image(ASSETS / "coins.jpg")
     assert state["backbone_out"]["vision_features"] is None  # no trunk output kept for nothing
     with pytest.raises(npsam3.Npsam3Error, match="is detection-only"):

@@ -1,19 +1,19 @@
-"""The ``npsam3`` command: ``segment`` (every instance of a concept), ``info`` (what a bundle
-holds). Only argument parsing and file writing live here; the processor does the work."""
+"""The ``npsam3`` command: ``segment`` (every instance of a concept), ``object`` (one object from
+clicks or a box), ``info`` (what a bundle holds). Only argument parsing and file writing live here; the processor does the work."""
 
 import sys
 import warnings
 
 from .. import __version__
 from ..errors import run_command
-from . import info, segment
+from . import info, object, segment
 from .common import Parser, attach_values, status
 
 def build_parser():
     p = Parser(prog="npsam3", description="SAM3-family segmentation without PyTorch.")
     p.add_argument("--version", action="version", version=f"npsam3 {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for command in (segment, info):
+    for command in (segment, object, info):
         command.add_parser(sub)
     return p
 

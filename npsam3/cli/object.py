@@ -1,0 +1,124 @@
+"""``npsam3 object``: one object's mask from clicks and/or a box (the interactive predictor)."""
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from ..errors import Npsam3Error
+from ..kernels import KERNELS
+from .common import Outputs, clip_box, list_images, load_bundle, pixel_box, progress_text, status
+
+
+def point(text):
+    """'X,Y' or 'X,Y,LABEL' (LABEL 1 = positive, the default, or 0 = negative)."""
+    parts = text.split(",")
+    try:
+        values = [float(v) for v in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (2, 3) or (len(values) == 3 and values[2] not in (0, 1)) \
+            or not all(np.isfinite(values)):
+        raise argparse.ArgumentTypeError(f"point {text!r} is not X,Y or X,Y,LABEL with LABEL 1 "
+                                         "(positive) or 0 (negative)")
+    return values[:2], int(values[2]) if len(values) == 3 else 1
+
+
+def add_parser(sub):
+    s = sub.add_parser(
+        "object", help="segment one object from clicks and/or a box",
+        description="Segment the object at the given clicks and/or box (SAM-style interactive "
+        "prompts; several --box segment several objects, each with the same clicks). Writes "
+        "OUT/<image>.object.json (COCO RLE masks, predicted IoU) and OUT/<image>.object.png; an "
+        "existing output is replaced only with --force, an input never.")
+    s.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    s.add_argument("--bundle", required=True, help="bundle folder with the interactive predictor")
+    s.add_argument("--point", type=point, action="append", default=[], metavar="X,Y[,LABEL]",
+                   help="a click in pixels, LABEL 1 positive (default) or 0 negative (repeatable)")
+    s.add_argument("--box", type=pixel_box, action="append", default=[], metavar="X0,Y0,X1,Y1",
+                   help="the object's box in pixels (repeatable: one object per box)")
+    s.add_argument("--multimask", action="store_true",
+                   help="three candidate masks per object (default: the one best mask)")
+    s.add_argument("--no-fill-holes", action="store_true",
+                   help="keep small background holes (sam3's output without scikit-image)")
+    s.add_argument("--kernels", choices=KERNELS, help="primitives' implementation (see segment)")
+    s.add_argument("--out", required=True, help="output folder (created when the first file is written)")
+    s.add_argument("--force", action="store_true", help="replace existing output files")
+    s.set_defaults(run=run)
+
+
+def run(args):
+    from ..tracker.predictor import InteractivePredictor
+
+    if not args.point and not args.box:
+        raise Npsam3Error("give --point, --box, or both")
+    images = list_images(args.images)
+    outputs = Outputs(args.out, images, "object", args.force)
+    for image, reason in outputs.refused.items():
+        status.print(f"npsam3: error: {image}: {reason}", sys.stderr)
+    todo = [p for p in images if p in outputs.files]
+    failed = 0
+    if todo:
+        model = load_bundle(args.bundle, kernels=args.kernels)
+        predictor = InteractivePredictor(model, fill_holes=not args.no_fill_holes)
+        start = time.time()
+        for n, path in enumerate(todo):
+            status.show(progress_text(n, len(todo), path.name, start))
+            try:
+                segment_object(predictor, args, path, outputs)
+            except Npsam3Error as e:
+                failed += 1
+                where = "" if str(path) in str(e) else f"{path}: "
+                status.print(f"npsam3: error: {where}{e}", sys.stderr)
+        status.clear()
+    if outputs.refused:
+        status.print(f"npsam3: {len(outputs.refused)} of {len(images)} image(s) refused: outputs "
+                     "exist or would replace inputs (see above)", sys.stderr)
+    if failed:
+        status.print(f"npsam3: {failed} of {len(images)} image(s) failed", sys.stderr)
+    return 1 if failed or outputs.refused else 0
+
+
+def mask_box(mask):
+    """The pixel box [x0, y0, x1, y1] of a bool mask's pixels ([0, 0, 0, 0] when empty)."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not rows.size:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
+
+
+def segment_object(predictor, args, path, outputs):
+    """Predict the object(s) of one image and write its two outputs."""
+    from ..image import load_image
+    from ..overlay import Overlay
+    from ..results import result_json
+
+    rgb = load_image(path)
+    height, width = rgb.shape[:2]
+    boxes = [clip_box(b, width, height) for b in args.box]
+    t = time.time()
+    predictor.set_image(rgb)
+    points = np.array([xy for xy, _ in args.point], np.float32) if args.point else None
+    labels = np.array([label for _, label in args.point]) if args.point else None
+    masks, ious, _ = predictor.predict(point_coords=points, point_labels=labels,
+                                       box=np.array(boxes, np.float32) if boxes else None,
+                                       multimask_output=args.multimask)
+    seconds = time.time() - t
+    masks, ious = masks.reshape(-1, height, width) > 0, ious.reshape(-1)
+    per_object = len(masks) // max(len(boxes), 1)
+    canvas = Overlay(rgb)
+    for i in range(len(masks) - 1, -1, -1):
+        canvas.add(i, masks[i], mask_box(masks[i]), ious[i], "IoU")
+    canvas.add_points(points if points is not None else [], labels if labels is not None else [])
+    result = result_json(path, (height, width), [mask_box(m) for m in masks], ious, list(masks),
+                         kind="object", extra={
+                             "points": [{"xy": xy, "label": label} for xy, label in args.point],
+                             "boxes": boxes, "multimask": args.multimask,
+                             "fill_holes": not args.no_fill_holes,
+                             "seconds": round(seconds, 3), "bundle": str(args.bundle)},
+                         fields=[{"object": i // per_object, "mask": i % per_object}
+                                 for i in range(len(masks))])
+    js, png = outputs.write(path, result, canvas.image())
+    status.print(f"{path}: {len(masks)} mask(s), predicted IoU {', '.join(f'{v:.2f}' for v in ious)}, "
+                 f"{seconds:.1f} s; wrote {js} and {png}")
