@@ -539,7 +539,7 @@ def box_cxcywh_to_xyxy(b):
 # Python floats: the arithmetic keeps the dtype of the array (float32 in gelu, float64 in erf).
 ERF_P = 0.3275911
 ERF_A = [1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592]
-ELEMENTWISE_BLOCK = 1 << 14  # elements per block of gelu: its temporaries stay in L1/L2
+ELEMENTWISE_BLOCK = 1 << 16  # elements per block of gelu: in L2, and long enough ops for threads
 
 
 def _horner(coefs, x):
@@ -573,8 +573,9 @@ def erf(x):
 
 
 def gelu(x):
-    """nn.GELU() (the exact erf form) of a contiguous float32 array, in place:
-    x/2 (1 + erf(x / sqrt 2)) = relu(x) - |x|/2 erfc(|x| / sqrt 2), no cancellation for x < 0."""
+    """nn.GELU() (the exact erf form) of a float32 array, in place if it is contiguous (use the
+    result): x/2 (1 + erf(x / sqrt 2)) = relu(x) - |x|/2 erfc(|x| / sqrt 2), no cancellation for
+    x < 0."""
     flat = x.reshape(-1)
     for a in range(0, len(flat), ELEMENTWISE_BLOCK):
         xb = flat[a:a + ELEMENTWISE_BLOCK]
@@ -583,7 +584,7 @@ def gelu(x):
         q *= ax
         np.maximum(xb, 0, out=xb)
         xb -= q
-    return x
+    return flat.reshape(x.shape)
 
 
 def layer_norm_2d(x, p, name, eps=1e-6):

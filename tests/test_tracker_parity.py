@@ -418,3 +418,9 @@ def test_conv_transpose2d_against_torch(k, size):
         want = conv(x)[0].numpy()
     p = {f"c.{n}": v for n, v in weights(conv).items()}
     check("conv_transpose2d", nn.conv_transpose2d(x[0].numpy(), p, "c"), want, 2e-6)
+
+
+def test_gelu_of_a_strided_view():
+    x = np.random.default_rng(6).standard_normal((4, 6, 8), dtype=np.float32)
+    want = torch.nn.functional.gelu(torch.from_numpy(x[:, 1:4])).numpy()
+    assert np.abs(nn.gelu(x[:, 1:4]) - want).max() <= 2e-6
