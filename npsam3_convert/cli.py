@@ -8,7 +8,8 @@
 import sys
 from pathlib import Path
 
-from npsam3.cli.common import Parser
+from npsam3.cli.common import Parser, pixel_box
+from npsam3.cli.object import point
 from npsam3.errors import Npsam3Error, run_command
 
 
@@ -25,6 +26,11 @@ def build_parser():
     p.add_argument("--parity", action="store_true",
                    help="run PyTorch and npsam3 on IMAGE and PROMPT and print the error per stage")
     p.add_argument("--threshold", type=float, default=0.5, help="--parity score threshold")
+    p.add_argument("--point", type=point, action="append", default=[], metavar="X,Y[,LABEL]",
+                   help="--parity of the interactive predictor: a click in pixels (repeatable; "
+                   "default: one positive click at the image centre)")
+    p.add_argument("--box", type=pixel_box, metavar="X0,Y0,X1,Y1",
+                   help="--parity of the interactive predictor: a box in pixels")
     p.add_argument("--detector-only", action="store_true",
                    help="export only the detector (detector.safetensors + manifest.json)")
     p.add_argument("--no-interactive", action="store_true",
@@ -87,20 +93,44 @@ def parity(args):
     import tempfile
 
     from .bundle import export_bundle
-    from .parity import parity_report
 
     if args.prompt is None:
         raise Npsam3Error("--parity needs CHECKPOINT_OR_BUNDLE IMAGE PROMPT")
     source = Path(args.source)
     if source.is_dir():
-        print(parity_report(None, source, args.target, args.prompt, args.threshold))
-        return
+        return print_parity(None, source, args)
     model, v = model_from_checkpoint(source, args)
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(tmp) / "bundle"
         export_bundle(model, bundle, context_length=v["context_length"], bpe_path=args.bpe,
                       verify=False)
-        print(parity_report(model, bundle, args.target, args.prompt, args.threshold))
+        print_parity(model, bundle, args)
+
+
+def print_parity(model, bundle, args):
+    """The concept report and, for a bundle with the interactive predictor, the interactive one
+    (for --point / --box, or one click at the image centre)."""
+    import json
+
+    from npsam3.image import load_image
+
+    from .parity import parity_report
+    from .parity_interactive import interactive_parity
+
+    print(parity_report(model, bundle, args.target, args.prompt, args.threshold))
+    if not json.loads((Path(bundle) / "manifest.json").read_text()).get("interactive"):
+        print("\n(no interactive predictor in this bundle: interactive parity not checked)")
+        return
+    prompts = {}
+    if args.point or not args.box:
+        h, w = load_image(args.target).shape[:2]
+        clicks = args.point or [([w / 2, h / 2], 1)]
+        prompts = {"point_coords": [xy for xy, _ in clicks],
+                   "point_labels": [label for _, label in clicks]}
+    if args.box:
+        prompts["box"] = args.box
+    print()
+    print(interactive_parity(model, Path(bundle), args.target, prompts))
 
 
 def require_convert_extra():

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 _PATCHED = False
+SAM3_CONNECTED_COMPONENTS = None  # sam3's own connected_components_cpu_single, once patched
 
 
 def patch_sam3_for_cpu():
@@ -44,6 +45,8 @@ def patch_sam3_for_cpu():
     position_encoding.PositionEmbeddingSine.__init__ = init_cpu
     # hole filling's CPU path: the same skimage labels, component sizes by bincount instead of
     # one full-image pass per component (minutes for the noisy masks of random weights)
+    global SAM3_CONNECTED_COMPONENTS
+    SAM3_CONNECTED_COMPONENTS = connected_components.connected_components_cpu_single
     connected_components.connected_components_cpu_single = _connected_components_cpu_single
     _PATCHED = True
 
