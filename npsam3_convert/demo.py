@@ -1,8 +1,10 @@
 """`make demo`: convert a checkpoint found in weights/ (with none: a random-weight SAM3-family
 model), segment a shipped photo with the torch-free `npsam3 segment` exactly as a user would type
-it, print the PyTorch-vs-npsam3 parity table for the same photo and prompt, and draw PyTorch's
-masks beside npsam3's (out/demo/coins.parity.png)."""
+it, print the PyTorch-vs-npsam3 parity table for the same photo and prompt, draw PyTorch's
+masks beside npsam3's (out/demo/coins.parity.png), then segment one object from a click with
+`npsam3 object` and compare it with PyTorch's predict_inst."""
 
+import json
 import os
 import shlex
 import subprocess
@@ -11,15 +13,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTO, PROMPT = ROOT / "assets" / "coins.jpg", "a coin"
+CLICK = (205, 150)  # a coin in the middle of the photo
 DEMO_BUNDLE = ROOT / "weights" / "demo-random-bundle"
-RANDOM_THRESHOLD = 0.4  # random weights score around 0.3-0.49: the default 0.5 would keep nothing
+THRESHOLD = 0.5  # segment's default; the random-weight model keeps 12 coins at it
 BANNER = """
 =====================================================================================
  No checkpoint in weights/: this demo builds a RANDOM-WEIGHT SAM3-family model (the
  real SAM3 detector and neck, small image and text encoders) and converts it to
  weights/demo-random-bundle. ITS MASKS ARE MEANINGLESS. The run shows the pipeline
  (convert -> torch-free segment) and the numeric parity with PyTorch, not segmentation
- quality; it uses --threshold 0.4 because random scores stay below the default 0.5.
+ quality.
  Put a SAM3 or EfficientSAM3 checkpoint (.pt/.pth) in weights/ to segment for real.
 =====================================================================================
 """
@@ -67,6 +70,7 @@ def main():
     from .cli import build_parser, model_from_checkpoint
     from .models import CONTEXT_LENGTH, build_tiny_sam3_image_model
     from .parity import concept_parity, format_concept_report
+    from .parity_interactive import interactive_parity
 
     checkpoints = sorted(p for p in (ROOT / "weights").iterdir() if p.suffix in (".pt", ".pth"))
     if checkpoints:
@@ -83,7 +87,6 @@ def main():
                           weights={"checkpoint": ckpt.name},
                           model_info={k: variant[k] for k in ("family", "backbone", "variant",
                                                               "text_encoder")})
-        threshold = 0.5
     else:
         print(BANNER, flush=True)
         step(f"building the random-weight model and converting it to "
@@ -92,23 +95,34 @@ def main():
         bundle = DEMO_BUNDLE
         export_bundle(model, bundle, context_length=CONTEXT_LENGTH, force=True,
                       weights={"random": True, "seed": 0})
-        threshold = RANDOM_THRESHOLD
     out = ROOT / "out" / "demo"
     npsam3 = Path(sys.executable).parent / "npsam3"  # the venv's command: not on PATH
     command = [os.path.relpath(npsam3), "segment", os.path.relpath(PHOTO), "--bundle",
-               os.path.relpath(bundle), "--prompt", PROMPT, "--threshold", str(threshold),
-               "--out", os.path.relpath(out), "--force"]
+               os.path.relpath(bundle), "--prompt", PROMPT, "--out", os.path.relpath(out),
+               "--force"]
     step("segmenting a photo with the torch-free CLI (paste the line to run it again):")
     print("$ " + shlex.join(command), flush=True)
     code = subprocess.call(command)
     if code:
         sys.exit(code)
     step("comparing PyTorch and npsam3 on the same photo and prompt:")
-    result = concept_parity(model, bundle, PHOTO, PROMPT, threshold)
+    result = concept_parity(model, bundle, PHOTO, PROMPT, THRESHOLD)
     print(format_concept_report(result), flush=True)
     picture = out / f"{PHOTO.stem}.parity.png"
     save_png(picture, parity_picture(result, PROMPT))
     step(f"wrote {os.path.relpath(picture)}: PyTorch's masks beside npsam3's, with the IoU of each")
+    if json.loads((bundle / "manifest.json").read_text()).get("interactive"):
+        click = [CLICK[0], CLICK[1]]
+        command = [os.path.relpath(npsam3), "object", os.path.relpath(PHOTO), "--bundle",
+                   os.path.relpath(bundle), "--point", ",".join(map(str, click)), "--out",
+                   os.path.relpath(out), "--force"]
+        step("one object from a click, with the interactive predictor:")
+        print("$ " + shlex.join(command), flush=True)
+        if subprocess.call(command):
+            sys.exit(1)
+        step("comparing PyTorch's predict_inst and npsam3's for that click:")
+        print(interactive_parity(model, bundle, PHOTO, {"point_coords": [click],
+                                                        "point_labels": [1]}), flush=True)
     if not checkpoints:
         print("(random weights: the masks are meaningless; their agreement with PyTorch is not)")
 
