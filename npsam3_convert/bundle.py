@@ -50,6 +50,7 @@ def export_bundle(model, out_dir, *, context_length, bpe_path=None, verify=True,
         interactive = False
     bpe_path = Path(bpe_path or default_bpe_path())
     arrays, cfg = detector_arrays(model.state_dict(), "model")
+    cfg["resolution"] = resolution
     sections = {}
     with staged_bundle(out_dir, force) as tmp:
         print(f"writing the detector ({sum(a.size for a in arrays.values()) / 1e6:.1f}M parameters)",

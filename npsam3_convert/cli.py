@@ -42,6 +42,10 @@ def build_parser():
     p.add_argument("--variant", help="image trunk size, e.g. m1.1, 11m, b1")
     p.add_argument("--text-encoder", help="e.g. MobileCLIP-S0, MobileCLIP-S1, MobileCLIP2-L")
     p.add_argument("--context-length", type=int, help="text context length (tokens)")
+    p.add_argument("--resolution", type=int, default=1008,
+                   help="input size of the bundle, a multiple of 14 (default 1008; other sizes "
+                   "only for EfficientSAM3 RepViT / EfficientViT students, detection only; their "
+                   "accuracy away from 1008 is yours to judge)")
     p.add_argument("--bpe", help="BPE vocabulary (default: the one open_clip_torch ships)")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX-vs-PyTorch check")
     return p
@@ -50,7 +54,7 @@ def build_parser():
 def model_from_checkpoint(path, args):
     """Read a checkpoint, recognise its variant (flags may only fill in) and build the model."""
     from .checkpoint import read_checkpoint
-    from .models import build_image_model, describe
+    from .models import build_image_model, describe, set_resolution
     from .variants import check_overrides, detect_variant
 
     print(f"reading {path} ...", flush=True)
@@ -70,7 +74,9 @@ def model_from_checkpoint(path, args):
         "detection only (--no-interactive)" if variant["interactive"] else
         "detection only (no tracker neck and SAM heads in the checkpoint)")
         + "; building it ...", flush=True)
-    return build_image_model(variant, state, args.bpe, path.name, interactive), variant
+    model = build_image_model(variant, state, args.bpe, path.name, interactive)
+    set_resolution(model, variant, args.resolution)
+    return model, variant
 
 
 def convert(args):
@@ -85,6 +91,7 @@ def convert(args):
         manifest = export_bundle(
             model, args.target, context_length=v["context_length"], bpe_path=args.bpe,
             verify=not args.no_verify, force=args.force, weights={"checkpoint": source.name},
+            resolution=args.resolution,
             model_info={k: v[k] for k in ("family", "backbone", "variant", "text_encoder")})
     print(f"wrote bundle {args.target} ({', '.join(manifest['files'])})")
 
@@ -103,7 +110,7 @@ def parity(args):
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(tmp) / "bundle"
         export_bundle(model, bundle, context_length=v["context_length"], bpe_path=args.bpe,
-                      verify=False)
+                      verify=False, resolution=args.resolution)
         print_parity(model, bundle, args)
 
 

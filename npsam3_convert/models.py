@@ -122,6 +122,28 @@ def build_image_model(variant, state, bpe_path=None, source="checkpoint", intera
     return model.eval()
 
 
+RESIZABLE_TRUNKS = ("repvit", "efficientvit")  # convolutional / linear-attention students
+
+
+def set_resolution(model, variant, resolution):
+    """Make ``model`` take ``resolution`` x ``resolution`` images (the detector then sees
+    resolution / 14 features): the EfficientSAM3 RepViT and EfficientViT students resize their
+    output to that size instead of 72. Other trunks are refused: SAM3's ViT-H (SAM3,
+    SAM3-LiteText) has its RoPE tables and attention windows laid out for 1008 px, and TinyViT its
+    attention layers for a fixed input size."""
+    if resolution == RESOLUTION:
+        return
+    if resolution % 14 or not 224 <= resolution <= 2016:
+        raise Npsam3Error(f"--resolution {resolution} must be a multiple of 14 between 224 and 2016")
+    if variant["backbone"] not in RESIZABLE_TRUNKS:
+        why = ("its RoPE tables and attention windows are laid out for 1008 px"
+               if variant["backbone"] == "vit-h" else
+               "its attention layers are built for a fixed 1008 px input")
+        raise Npsam3Error(f"--resolution needs an EfficientSAM3 RepViT or EfficientViT student; "
+                          f"{describe(variant)} runs at 1008 px only: {why}")
+    model.backbone.vision_backbone.trunk.model.embed_size = resolution // 14
+
+
 def _truncate_text_context(model, context_length):
     """Keep the first ``context_length`` rows of the loaded MobileCLIP positional table, as the
     fork's LiteText ``build_sam3_image_model`` does after loading its checkpoint."""
