@@ -1,0 +1,112 @@
+"""onnxruntime session options for the bundle's graphs (image trunk, detector neck, tracker neck,
+text encoder): which settings npsam3.encoders.session should use.
+
+    python benchmarks/encoder_options.py [--bundle weights/demo-random-bundle] [--runs 3] [--rounds 2]
+
+Each variant runs in its own worker process (alternating, `--rounds` times, so each peak RSS is
+its own): npsam3's settings ("npsam3": arena off, no spinning, nn.num_threads() threads, full
+graph optimisation) and one change of it at a time. Times are medians per graph over all runs
+after a warm-up; the image is assets/coins.jpg preprocessed to the bundle's resolution.
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = {
+    "npsam3": {},
+    "spinning on": {"spinning": True},
+    "memory arena on": {"arena": True},
+    "optimisation: extended": {"level": "ORT_ENABLE_EXTENDED"},
+    "optimisation: basic": {"level": "ORT_ENABLE_BASIC"},
+    "threads: onnxruntime default": {"threads": 0},
+}
+
+
+def worker(args):
+    import numpy as np
+    import onnxruntime as ort
+
+    sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+    from ort_detector import peak_rss_mib
+
+    from npsam3 import encoders
+    from npsam3.image import load_image, preprocess
+    from npsam3.nn import num_threads
+
+    change = VARIANTS[args.worker]
+    session_options = ort.SessionOptions
+
+    def options():  # npsam3's session options with the variant's change
+        opts = session_options()
+        opts.log_severity_level = 3
+        opts.enable_cpu_mem_arena = change.get("arena", False)
+        opts.intra_op_num_threads = change.get("threads", num_threads())
+        opts.add_session_config_entry("session.intra_op.allow_spinning",
+                                      "1" if change.get("spinning") else "0")
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                                change.get("level", "ORT_ENABLE_ALL"))
+        return opts
+
+    encoders.ort.SessionOptions = options  # encoders.session builds its options from this
+    bundle = Path(args.bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    image = preprocess(load_image(ROOT / "assets" / "coins.jpg"), manifest["image_trunk"]["resolution"])
+    trunk = encoders.session(bundle / "image_trunk.onnx", ["image"], [encoders.TRUNK_OUTPUT], "trunk")
+    graphs = {"image trunk": (trunk, {"image": image})}
+    features = trunk.run(None, {"image": image})[0]
+    graphs["detector neck"] = (encoders.session(bundle / "detector_neck.onnx", [encoders.TRUNK_OUTPUT],
+                                                encoders.FPN_OUTPUTS, "neck"),
+                               {encoders.TRUNK_OUTPUT: features})
+    if manifest.get("interactive"):
+        graphs["tracker neck"] = (encoders.session(bundle / "tracker_neck.onnx",
+                                                   [encoders.TRUNK_OUTPUT],
+                                                   encoders.TRACKER_NECK_OUTPUTS, "neck"),
+                                  {encoders.TRUNK_OUTPUT: features})
+    ids = np.zeros((1, manifest["text_encoder"]["context_length"]), np.int64)
+    ids[0, :3] = [49406, 320, 49407]
+    graphs["text encoder"] = (encoders.session(bundle / "text_encoder.onnx", ["input_ids"],
+                                               encoders.TEXT_OUTPUTS, "text"), {"input_ids": ids})
+    times = {name: [] for name in graphs}
+    for run in range(args.runs + 1):
+        for name, (sess, feeds) in graphs.items():
+            t = time.perf_counter()
+            sess.run(None, feeds)
+            if run:
+                times[name].append(time.perf_counter() - t)
+    print(json.dumps({"times": times, "peak_mib": peak_rss_mib()}))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", default=str(ROOT / "weights" / "demo-random-bundle"))
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+    results = {v: [] for v in VARIANTS}
+    for r in range(args.rounds):
+        for v in VARIANTS:
+            print(f"round {r + 1}/{args.rounds}: {v} ...", file=sys.stderr, flush=True)
+            cmd = [sys.executable, __file__, "--worker", v, "--bundle", args.bundle, "--runs",
+                   str(args.runs)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            results[v].append(json.loads(out.strip().splitlines()[-1]))
+    graphs = list(results["npsam3"][0]["times"])
+    print(f"onnxruntime session options on {args.bundle}; medians of {args.rounds}x{args.runs} runs (ms)")
+    print(f"{'variant':30s}" + "".join(f"{g:>15s}" for g in graphs) + f"{'peak RSS MiB':>14s}")
+    for v, rs in results.items():
+        med = [1000 * statistics.median(t for res in rs for t in res["times"][g]) for g in graphs]
+        print(f"{v:30s}" + "".join(f"{m:15.0f}" for m in med)
+              + f"{max(res['peak_mib'] for res in rs):14.0f}")
+
+
+if __name__ == "__main__":
+    main()
