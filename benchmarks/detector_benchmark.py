@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -108,20 +107,9 @@ def worker(args):
         times, extra = run_ort(os.path.join(args.bundle, "detector.onnx"), args.feat, args.runs)
     else:
         times, extra = run_torch(args.feat, args.runs)
-    from ort_detector import peak_rss_mib
+    from harness import peak_rss_mib
 
     print(json.dumps({"times": times, "peak_mib": peak_rss_mib(), **extra}))
-
-
-def spawn(impl, args, bundle):
-    env = dict(os.environ)
-    if args.native_blas:
-        env.pop("OPENBLAS_CORETYPE", None)
-        env.pop("OPENBLAS_L2_SIZE", None)
-    cmd = [sys.executable, __file__, "--worker", impl, "--bundle", bundle,
-           "--feat", str(args.feat), "--runs", str(args.runs)]
-    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def main():
@@ -139,6 +127,7 @@ def main():
     if args.worker:
         return worker(args)
 
+    from harness import alternate
     from npsam3_convert import export_detector
     from npsam3_convert.reference import build_reference_detector, randomize_
 
@@ -153,11 +142,12 @@ def main():
             print("exporting the reference detector to ONNX ...", file=sys.stderr, flush=True)
             export_detector_onnx(model, os.path.join(bundle, "detector.onnx"), args.feat)
         del model
-        results = {impl: [] for impl in impls}
-        for r in range(args.rounds):
-            for impl in impls:
-                print(f"round {r + 1}/{args.rounds}: {impl} ...", file=sys.stderr, flush=True)
-                results[impl].append(spawn(impl, args, bundle))
+        env = dict(os.environ)
+        if args.native_blas:
+            env.pop("OPENBLAS_CORETYPE", None)
+            env.pop("OPENBLAS_L2_SIZE", None)
+        results = alternate(__file__, impls, ["--bundle", bundle, "--feat", args.feat,
+                                              "--runs", args.runs], args.rounds, env)
 
     med = {impl: {s: 1000 * statistics.median(t[s] for res in results[impl] for t in res["times"])
                   for s in STAGES + ["total"]} for impl in (*NPSAM3, "torch")}

@@ -12,7 +12,6 @@ after a warm-up; the image is assets/coins.jpg preprocessed to the bundle's reso
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ def worker(args):
     import onnxruntime as ort
 
     sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-    from ort_detector import peak_rss_mib
+    from harness import peak_rss_mib
 
     from npsam3 import encoders
     from npsam3.image import load_image, preprocess
@@ -91,14 +90,11 @@ def main():
     args = ap.parse_args()
     if args.worker:
         return worker(args)
-    results = {v: [] for v in VARIANTS}
-    for r in range(args.rounds):
-        for v in VARIANTS:
-            print(f"round {r + 1}/{args.rounds}: {v} ...", file=sys.stderr, flush=True)
-            cmd = [sys.executable, __file__, "--worker", v, "--bundle", args.bundle, "--runs",
-                   str(args.runs)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            results[v].append(json.loads(out.strip().splitlines()[-1]))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from harness import alternate
+
+    results = alternate(__file__, VARIANTS, ["--bundle", args.bundle, "--runs", args.runs],
+                        args.rounds)
     graphs = list(results["npsam3"][0]["times"])
     print(f"onnxruntime session options on {args.bundle}; medians of {args.rounds}x{args.runs} runs (ms)")
     print(f"{'variant':30s}" + "".join(f"{g:>15s}" for g in graphs) + f"{'peak RSS MiB':>14s}")

@@ -43,7 +43,7 @@ def timed_calls(proc, image, runs):
 
 def worker(args):
     sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-    from ort_detector import peak_rss_mib
+    from harness import peak_rss_mib
 
     if args.worker == "torch":
         import torch
@@ -63,13 +63,6 @@ def worker(args):
         times = timed_calls(npsam3.Sam3Processor(model, confidence_threshold=THRESHOLD),
                             lambda: PHOTO, args.runs)
     print(json.dumps({"times": times, "peak_mib": peak_rss_mib()}))
-
-
-def spawn(impl, args):
-    cmd = [sys.executable, __file__, "--worker", impl, "--bundle", args.bundle, "--runs",
-           str(args.runs)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def segment_wall(bundle, images, kernels):
@@ -98,11 +91,11 @@ def main():
 
         export_bundle(build_tiny_sam3_image_model(seed=0), args.bundle,
                       context_length=CONTEXT_LENGTH, weights={"random": True, "seed": 0})
-    results = {impl: [] for impl in WORKERS}
-    for r in range(args.rounds):
-        for impl in WORKERS:
-            print(f"round {r + 1}/{args.rounds}: {impl} ...", file=sys.stderr, flush=True)
-            results[impl].append(spawn(impl, args))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from harness import alternate
+
+    results = alternate(__file__, WORKERS, ["--bundle", args.bundle, "--runs", args.runs],
+                        args.rounds)
     med = {impl: {k: 1000 * statistics.median(t[k] for res in rs for t in res["times"])
                   for k in ("set_image", "set_text_prompt", "total")}
            for impl, rs in results.items()}

@@ -19,7 +19,6 @@ PyTorch runs with sam3's own CPU hole filling (its per-component loop), as users
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ def worker(args):
     import numpy as np
 
     sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-    from ort_detector import peak_rss_mib
+    from harness import peak_rss_mib
 
     image = photo()
     prompts = [{k: np.array(v) for k, v in p.items()} for p in PROMPTS]
@@ -92,14 +91,11 @@ def main():
     args = ap.parse_args()
     if args.worker:
         return worker(args)
-    results = {impl: [] for impl in WORKERS}
-    for r in range(args.rounds):
-        for impl in WORKERS:
-            print(f"round {r + 1}/{args.rounds}: {impl} ...", file=sys.stderr, flush=True)
-            cmd = [sys.executable, __file__, "--worker", impl, "--bundle", args.bundle,
-                   "--clicks", str(args.clicks)]
-            res = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            results[impl].append(json.loads(res.strip().splitlines()[-1]))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from harness import alternate
+
+    results = alternate(__file__, WORKERS, ["--bundle", args.bundle, "--clicks", args.clicks],
+                        args.rounds)
     med = {impl: {"click": 1000 * statistics.median(c for res in rs for c in res["click"]),
                   "first": 1000 * statistics.median(res["first"] for res in rs),
                   "first_mask": 1000 * statistics.median(res["first_mask"] for res in rs)}

@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from harness import peak_rss_mib
+
 INPUT_NAMES = ["fpn0", "fpn1", "fpn2", "language_features", "language_mask"]
 OUTPUT_NAMES = ["pred_logits", "pred_boxes", "presence_logit_dec", "pred_masks"]
 
@@ -223,14 +225,6 @@ def time_ort(path, runs, feat=72, times=None):
     if times is not None:
         times.extend(timed[1:])
     return statistics.median(timed[1:]), peak_rss_mib()
-
-
-def peak_rss_mib():
-    """This process's peak resident memory (VmHWM: unlike ru_maxrss it does not inherit the
-    parent's peak across fork + exec, so a worker started by a torch process reports its own)."""
-    with open("/proc/self/status") as f:
-        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    return kib / 1024
 
 
 def main():

@@ -17,6 +17,7 @@ from npsam3 import nn
 from npsam3.tracker import DEFAULTS, SamHeads, mask_decoder, prompt_encoder
 from npsam3.tracker.transformer import two_way_transformer
 from npsam3_convert.parity import compare, mask_iou
+from npsam3_convert.parity_interactive import Capture
 from npsam3_convert.reference import randomize_
 
 pytest.importorskip("skimage")  # the reference fills holes only with scikit-image installed
@@ -98,28 +99,6 @@ def features():
     rng = np.random.default_rng(1)
     return {"image_embed": rng.standard_normal((1, 256, 72, 72), dtype=np.float32),
             "high_res_feats": [smooth_field(rng, 32, 288), smooth_field(rng, 64, 144)]}
-
-
-class Capture:
-    """Inputs and outputs of the reference's sub-modules during one call."""
-
-    def __init__(self, pe, md):
-        self.hooks = [
-            pe.register_forward_hook(self.keep("prompt_encoder"), with_kwargs=True),
-            md.register_forward_hook(self.keep("mask_decoder"), with_kwargs=True),
-            md.transformer.register_forward_hook(self.keep("transformer"), with_kwargs=True)]
-
-    def keep(self, name):
-        def hook(module, args, kwargs, out):
-            setattr(self, name, (args, kwargs, out))
-        return hook
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        for h in self.hooks:
-            h.remove()
 
 
 def reference_predict(pe, md, features, multimask_output, return_logits=True, max_hole_area=256.0,
@@ -381,24 +360,19 @@ def test_layer_norm_2d_against_sam3():
     check("LayerNorm2d", nn.layer_norm_2d(x[0].numpy(), p, "n"), want, 2e-6)
 
 
-@pytest.mark.parametrize("k, size", [(2, (288, 288)), (2, (9, 13)), (4, (16, 23))])
-def test_conv2d_patch_against_torch(k, size):
-    conv = torch.nn.Conv2d(3, 5, k, stride=k)
-    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(4))
+@pytest.mark.parametrize("transpose, k, size", [
+    (False, 2, (288, 288)), (False, 2, (9, 13)), (False, 4, (16, 23)),
+    (True, 2, (72, 72)), (True, 2, (5, 7)), (True, 3, (4, 6))])
+def test_stride_k_convolutions_against_torch(transpose, k, size):
+    """nn.conv2d_patch (Conv2d, stride = kernel) and nn.conv_transpose2d (ConvTranspose2d)."""
+    conv = (torch.nn.ConvTranspose2d(6, 4, k, stride=k) if transpose
+            else torch.nn.Conv2d(6, 4, k, stride=k))
+    x = torch.randn(1, 6, *size, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         want = conv(x)[0].numpy()
     p = {f"c.{n}": v for n, v in weights(conv).items()}
-    check("conv2d_patch", nn.conv2d_patch(x[0].numpy(), p, "c"), want, 2e-6)
-
-
-@pytest.mark.parametrize("k, size", [(2, (72, 72)), (2, (5, 7)), (3, (4, 6))])
-def test_conv_transpose2d_against_torch(k, size):
-    conv = torch.nn.ConvTranspose2d(6, 4, k, stride=k)
-    x = torch.randn(1, 6, *size, generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        want = conv(x)[0].numpy()
-    p = {f"c.{n}": v for n, v in weights(conv).items()}
-    check("conv_transpose2d", nn.conv_transpose2d(x[0].numpy(), p, "c"), want, 2e-6)
+    ours = (nn.conv_transpose2d if transpose else nn.conv2d_patch)(x[0].numpy(), p, "c")
+    check("conv", ours, want, 2e-6)
 
 
 def test_gelu_of_a_strided_view():

@@ -22,6 +22,20 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def add_image_job_arguments(parser, bundle_help):
+    """The arguments every per-image command has: images, --bundle, --kernels, --out, --force."""
+    from ..kernels import KERNELS
+
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    parser.add_argument("--bundle", required=True, help=bundle_help)
+    parser.add_argument("--kernels", choices=KERNELS, help="primitives' implementation: "
+                        "onnxruntime's fused kernels where they work (default) or pure NumPy "
+                        "(env NPSAM3_KERNELS)")
+    parser.add_argument("--out", required=True,
+                        help="output folder (created when the first file is written)")
+    parser.add_argument("--force", action="store_true", help="replace existing output files")
+
+
 def numbers(text, names):
     """'1,2,3' -> floats, one per name in ``names`` (e.g. "X0,Y0,X1,Y1"); argparse turns the
     ArgumentTypeError into a one-line error."""
@@ -199,6 +213,37 @@ def progress_text(i, n, name, start, what="segmenting"):
     done = int(20 * i / n)
     eta = f"eta {(time.time() - start) / i * (n - i):.0f}s" if i else "eta ?"
     return f"[{'#' * done}{'.' * (20 - done)}] {i}/{n} {eta}  {what} {name}"
+
+
+def run_on_images(args, kind, prepare, process):
+    """The per-image loop of ``segment`` and ``object``: decide every output first (refusals are
+    listed), ``prepare()`` once (load the bundle) if anything is left to do, then
+    ``process(prepared, path, outputs)`` per image with a status bar; one image's error is
+    reported and the rest still run. Returns the exit code: 1 if anything failed or was refused."""
+    images = list_images(args.images)
+    outputs = Outputs(args.out, images, kind, args.force)
+    for image, reason in outputs.refused.items():
+        status.print(f"npsam3: error: {image}: {reason}", sys.stderr)
+    todo = [p for p in images if p in outputs.files]
+    failed = 0
+    if todo:
+        prepared = prepare()
+        start = time.time()
+        for n, path in enumerate(todo):
+            status.show(progress_text(n, len(todo), path.name, start))
+            try:
+                process(prepared, path, outputs)
+            except Npsam3Error as e:
+                failed += 1
+                where = "" if str(path) in str(e) else f"{path}: "
+                status.print(f"npsam3: error: {where}{e}", sys.stderr)
+        status.clear()
+    if outputs.refused:
+        status.print(f"npsam3: {len(outputs.refused)} of {len(images)} image(s) refused: outputs "
+                     "exist or would replace inputs (see above)", sys.stderr)
+    if failed:
+        status.print(f"npsam3: {failed} of {len(images)} image(s) failed", sys.stderr)
+    return 1 if failed or outputs.refused else 0
 
 
 def load_bundle(path, **options):

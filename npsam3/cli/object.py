@@ -1,14 +1,12 @@
 """``npsam3 object``: one object's mask from clicks and/or a box (the interactive predictor)."""
 
 import argparse
-import sys
 import time
 
 import numpy as np
 
 from ..errors import Npsam3Error
-from ..kernels import KERNELS
-from .common import Outputs, clip_box, list_images, load_bundle, pixel_box, progress_text, status
+from .common import add_image_job_arguments, clip_box, load_bundle, pixel_box, run_on_images, status
 
 
 def point(text):
@@ -32,8 +30,7 @@ def add_parser(sub):
         "prompts; several --box segment several objects, each with the same clicks). Writes "
         "OUT/<image>.object.json (COCO RLE masks, predicted IoU) and OUT/<image>.object.png; an "
         "existing output is replaced only with --force, an input never.")
-    s.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
-    s.add_argument("--bundle", required=True, help="bundle folder with the interactive predictor")
+    add_image_job_arguments(s, "bundle folder with the interactive predictor")
     s.add_argument("--point", type=point, action="append", default=[], metavar="X,Y[,LABEL]",
                    help="a click in pixels, LABEL 1 positive (default) or 0 negative (repeatable)")
     s.add_argument("--box", type=pixel_box, action="append", default=[], metavar="X0,Y0,X1,Y1",
@@ -42,9 +39,6 @@ def add_parser(sub):
                    help="three candidate masks per object (default: the one best mask)")
     s.add_argument("--no-fill-holes", action="store_true",
                    help="keep small background holes (sam3's output without scikit-image)")
-    s.add_argument("--kernels", choices=KERNELS, help="primitives' implementation (see segment)")
-    s.add_argument("--out", required=True, help="output folder (created when the first file is written)")
-    s.add_argument("--force", action="store_true", help="replace existing output files")
     s.set_defaults(run=run)
 
 
@@ -53,31 +47,13 @@ def run(args):
 
     if not args.point and not args.box:
         raise Npsam3Error("give --point, --box, or both")
-    images = list_images(args.images)
-    outputs = Outputs(args.out, images, "object", args.force)
-    for image, reason in outputs.refused.items():
-        status.print(f"npsam3: error: {image}: {reason}", sys.stderr)
-    todo = [p for p in images if p in outputs.files]
-    failed = 0
-    if todo:
+
+    def prepare():
         model = load_bundle(args.bundle, kernels=args.kernels)
-        predictor = InteractivePredictor(model, fill_holes=not args.no_fill_holes)
-        start = time.time()
-        for n, path in enumerate(todo):
-            status.show(progress_text(n, len(todo), path.name, start))
-            try:
-                segment_object(predictor, args, path, outputs)
-            except Npsam3Error as e:
-                failed += 1
-                where = "" if str(path) in str(e) else f"{path}: "
-                status.print(f"npsam3: error: {where}{e}", sys.stderr)
-        status.clear()
-    if outputs.refused:
-        status.print(f"npsam3: {len(outputs.refused)} of {len(images)} image(s) refused: outputs "
-                     "exist or would replace inputs (see above)", sys.stderr)
-    if failed:
-        status.print(f"npsam3: {failed} of {len(images)} image(s) failed", sys.stderr)
-    return 1 if failed or outputs.refused else 0
+        return InteractivePredictor(model, fill_holes=not args.no_fill_holes)
+
+    return run_on_images(args, "object", prepare, lambda predictor, path, outputs: segment_object(
+        predictor, args, path, outputs))
 
 
 def mask_box(mask):

@@ -1,11 +1,9 @@
 """``npsam3 segment``: every instance of a concept (text and/or exemplar boxes) in images."""
 
-import sys
 import time
 
 from ..errors import Npsam3Error
-from ..kernels import KERNELS
-from .common import (Outputs, clip_box, list_images, load_bundle, pixel_box, progress_text,
+from .common import (add_image_job_arguments, clip_box, load_bundle, pixel_box, run_on_images,
                      status, threshold)
 
 
@@ -16,8 +14,7 @@ def add_parser(sub):
         "OUT/<image>.segment.json (scores, boxes, COCO RLE masks, best first) and "
         "OUT/<image>.segment.png (overlay); an existing output is replaced only with --force, "
         "an input never.")
-    s.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
-    s.add_argument("--bundle", required=True, help="bundle folder made by npsam3-convert")
+    add_image_job_arguments(s, "bundle folder made by npsam3-convert")
     s.add_argument("--prompt", help='the concept, e.g. "a dog" (optional with --box)')
     s.add_argument("--box", type=pixel_box, action="append", default=[], metavar="X0,Y0,X1,Y1",
                    help="positive exemplar box in pixels (repeatable; clipped to the image)")
@@ -27,10 +24,6 @@ def add_parser(sub):
     s.add_argument("--nms-iou", type=threshold, help="mask-IoU NMS of the kept instances (off by default)")
     s.add_argument("--no-presence", action="store_true",
                    help="score without the presence head (for weak distilled presence heads)")
-    s.add_argument("--kernels", choices=KERNELS, help="primitives' implementation: onnxruntime's "
-                   "fused kernels where they work (default) or pure NumPy (env NPSAM3_KERNELS)")
-    s.add_argument("--out", required=True, help="output folder (created when the first file is written)")
-    s.add_argument("--force", action="store_true", help="replace existing output files")
     s.set_defaults(run=run)
 
 
@@ -42,34 +35,14 @@ def run(args):
         raise Npsam3Error("the text prompt is empty")
     if args.prompt is None and not (args.box or args.negative_box):
         raise Npsam3Error("give --prompt, --box, or both")
-    images = list_images(args.images)
-    outputs = Outputs(args.out, images, "segment", args.force)
-    for image, reason in outputs.refused.items():
-        status.print(f"npsam3: error: {image}: {reason}", sys.stderr)
-    todo = [p for p in images if p in outputs.files]
-    failed = 0
-    if todo:
-        model = load_bundle(args.bundle, kernels=args.kernels)
-        proc = Sam3Processor(model, confidence_threshold=args.threshold, nms_iou=args.nms_iou,
+
+    def prepare():
+        return Sam3Processor(load_bundle(args.bundle, kernels=args.kernels),
+                             confidence_threshold=args.threshold, nms_iou=args.nms_iou,
                              use_presence=not args.no_presence, sort_by_score=True)
-        start = time.time()
-        for n, path in enumerate(todo):
-            status.show(progress_text(n, len(todo), path.name, start))
-            try:
-                rgb = load_image(path)
-                segment_one(proc, args, path, rgb, outputs)
-            except Npsam3Error as e:
-                failed += 1
-                where = "" if str(path) in str(e) else f"{path}: "
-                status.print(f"npsam3: error: {where}{e}", sys.stderr)
-        status.clear()
-    refused = len(outputs.refused)
-    if refused:
-        status.print(f"npsam3: {refused} of {len(images)} image(s) refused: outputs exist or "
-                     "would replace inputs (see above)", sys.stderr)
-    if failed:
-        status.print(f"npsam3: {failed} of {len(images)} image(s) failed", sys.stderr)
-    return 1 if failed or refused else 0
+
+    return run_on_images(args, "segment", prepare, lambda proc, path, outputs: segment_one(
+        proc, args, path, load_image(path), outputs))
 
 
 def segment_one(proc, args, path, rgb, outputs):
