@@ -32,8 +32,9 @@ def mask_iou(a, b):
 
 
 def format_table(header, rows):
-    """A plain-text table; floats in short scientific notation."""
-    cells = [[f"{c:.2e}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    """A plain-text table; floats in short scientific notation; short rows end in blanks."""
+    cells = [[f"{c:.2e}" if isinstance(c, float) else str(c) for c in r] + [""] * (len(header) - len(r))
+             for r in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
     lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths)),
              "  ".join("-" * w for w in widths)]
@@ -51,6 +52,29 @@ def compare(actual, expected):
     return err, err / scale if scale else err
 
 
+def encoders_and_noise(model, image, prompt):
+    """The reference's FPN levels, text features and padding mask (NumPy) for a preprocessed
+    image and a prompt, and its own noise on them: the relative difference of each float output
+    between runs on 1 thread and on torch's default threads (the yardstick for an export)."""
+    import torch
+
+    def run():
+        with torch.inference_mode():
+            fpn = [f.numpy() for f in model.backbone.forward_image(image)["backbone_fpn"]]
+            text = model.backbone.forward_text([prompt], device="cpu")
+        return fpn, text["language_features"].numpy(), text["language_mask"].numpy()
+
+    fpn, feats, mask = run()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fpn1, feats1, _ = run()
+    finally:
+        torch.set_num_threads(threads)
+    floor = [compare(a, b)[1] for a, b in zip([*fpn1, feats1], [*fpn, feats])]
+    return (fpn, feats, mask), floor
+
+
 def concept_parity(model, bundle_dir, image, prompt, threshold=0.5):
     """Run the PyTorch reference and npsam3 on one image and text prompt and compare them.
 
@@ -58,7 +82,8 @@ def concept_parity(model, bundle_dir, image, prompt, threshold=0.5):
     then the reference detector is loaded from the bundle's weights and fed npsam3's encoder
     outputs (the encoders themselves cannot be checked without PyTorch weights).
 
-    Returns a dict: "title"; "rows", the error of every stage [(stage, max abs, max rel)];
+    Returns a dict: "title"; "rows", the error of every stage [(stage, max abs, max rel) and,
+    for the encoders, the reference's own 1-vs-default-threads noise];
     "rgb", the image; "threshold"; "kept" / "ref_kept", the query indices each side keeps;
     "instances", per query kept by both: {"query", "ref_score", "score", "box_diff" (pixels),
     "iou", "ref_mask", "mask", "ref_box", "box"}; "only", a line per query kept by one side only."""
@@ -92,13 +117,11 @@ def concept_parity(model, bundle_dir, image, prompt, threshold=0.5):
         ref_model = model
         proc = Sam3Processor(model, resolution=ours_model.resolution, device="cpu")
         ref_x = proc.transform(v2.functional.to_image(Image.fromarray(rgb))).unsqueeze(0)
-        with torch.inference_mode():
-            ref_fpn = [f.numpy() for f in model.backbone.forward_image(ref_x)["backbone_fpn"]]
-            text = model.backbone.forward_text([prompt], device="cpu")
-        ref_feats, ref_mask = text["language_features"].numpy(), text["language_mask"].numpy()
+        (ref_fpn, ref_feats, ref_mask), floor = encoders_and_noise(model, ref_x, prompt)
         rows.append(("preprocessed image", *compare(x, ref_x.numpy())))
-        rows += [(f"image encoder level {i}", *compare(a, b)) for i, (a, b) in enumerate(zip(fpn, ref_fpn))]
-        rows.append(("text encoder", *compare(feats, ref_feats)))
+        rows += [(f"image encoder level {i}", *compare(a, b), floor[i])
+                 for i, (a, b) in enumerate(zip(fpn, ref_fpn))]
+        rows.append(("text encoder", *compare(feats, ref_feats), floor[3]))
         rows.append(("text padding mask", *compare(mask, ref_mask)))
     ref = reference_forward_grounding(ref_model, ref_fpn, ref_feats, ref_mask)
     ours = ours_model.detector.forward_grounding(fpn, feats, mask)
@@ -133,7 +156,8 @@ def concept_parity(model, bundle_dir, image, prompt, threshold=0.5):
 def format_concept_report(result):
     """The text report of a concept_parity result: the stage table, then the kept instances."""
     both = result["instances"]
-    text = [result["title"], format_table(["stage", "max abs error", "max rel error"], result["rows"]),
+    text = [result["title"], format_table(["stage", "max abs error", "max rel error",
+                                           "PyTorch 1 vs default threads"], result["rows"]),
             "", f"instances above {result['threshold']}: PyTorch kept {len(result['ref_kept'])}, "
             f"npsam3 kept {len(result['kept'])}, {len(both)} in common"]
     if both:

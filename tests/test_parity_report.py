@@ -19,9 +19,14 @@ NECK = ["tracker neck high_res_feats_0", "tracker neck high_res_feats_1", "track
 
 
 def stage_errors(report):
-    """{stage: max relative error} of the tables in a report."""
-    return {m.group(1).strip(): float(m.group(3)) for m in re.finditer(
-        r"^([a-z][\w ()./-]+?)\s{2,}([\d.e+-]+)\s+([\d.e+-]+)\s*$", report, re.M)}
+    """{stage: max relative error} of the tables in a report (columns: stage, max abs, max rel,
+    optional noise floor)."""
+    errors = {}
+    for line in report.splitlines():
+        cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) >= 3 and re.fullmatch(r"[\d.]+e[+-]\d+", cells[1]):
+            errors[cells[0]] = float(cells[2])
+    return errors
 
 
 def final_ious(report):
