@@ -13,7 +13,10 @@ alternating `--rounds` times. Reported, medians:
   PyTorch's set_image has already run it, so its first click is a plain click);
 - first mask: set_image + the first predict_inst, what a user waits for after opening an image.
 
-PyTorch runs with sam3's own CPU hole filling (its per-component loop), as users get it.
+PyTorch's hole filling runs with the vectorised connected components of
+npsam3_convert.reference (the same skimage labels): sam3's own CPU code loops over components in
+Python, which on these random-weight masks (speckle: thousands of components) takes ~30 s a click
+and would make any ratio meaningless.
 """
 
 import argparse
@@ -54,12 +57,9 @@ def worker(args):
         import torch
         from sam3.model.sam3_image_processor import Sam3Processor
 
-        import sam3.perflib.connected_components as cc
-        from npsam3_convert import reference
         from npsam3_convert.models import build_tiny_sam3_image_model
 
         model = build_tiny_sam3_image_model(seed=0)
-        cc.connected_components_cpu_single = reference.SAM3_CONNECTED_COMPONENTS  # sam3's own
         proc = Sam3Processor(model, device="cpu")
         torch.set_grad_enabled(False)
     else:

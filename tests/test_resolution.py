@@ -75,7 +75,7 @@ def test_a_student_bundle_at_672_matches_pytorch_at_672(student_model, tmp_path)
     assert [f.shape[-1] for f in state["backbone_out"]["backbone_fpn"]] == [192, 96, 48]
     result = concept_parity(student_model, tmp_path / "b", ASSETS / "coins.jpg", "a coin",
                             threshold=0.45)
-    errors = {stage: rel for stage, _, rel in result["rows"]}
+    errors = {row[0]: row[2] for row in result["rows"]}
     detector = [s for s in errors if not re.match(r"preprocessed|image encoder|text", s)]
     assert len(detector) == 9 and all(errors[s] <= STAGE_TOL for s in detector), errors
     assert all(errors[s] <= 1e-4 for s in errors)
