@@ -56,19 +56,11 @@ def run(args):
         predictor, args, path, outputs))
 
 
-def mask_box(mask):
-    """The pixel box [x0, y0, x1, y1] of a bool mask's pixels ([0, 0, 0, 0] when empty)."""
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if not rows.size:
-        return [0.0, 0.0, 0.0, 0.0]
-    return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]
-
-
 def segment_object(predictor, args, path, outputs):
     """Predict the object(s) of one image and write its two outputs."""
     from ..image import load_image
     from ..overlay import Overlay
-    from ..results import result_json
+    from ..queries import mask_box, object_result
 
     rgb = load_image(path)
     height, width = rgb.shape[:2]
@@ -81,20 +73,14 @@ def segment_object(predictor, args, path, outputs):
                                        box=np.array(boxes, np.float32) if boxes else None,
                                        multimask_output=args.multimask)
     seconds = time.time() - t
+    result = object_result(path, (height, width), args.point, boxes, masks, ious, args.multimask,
+                           not args.no_fill_holes, seconds=round(seconds, 3),
+                           bundle=str(args.bundle))
     masks, ious = masks.reshape(-1, height, width) > 0, ious.reshape(-1)
-    per_object = len(masks) // max(len(boxes), 1)
     canvas = Overlay(rgb)
     for i in range(len(masks) - 1, -1, -1):
         canvas.add(i, masks[i], mask_box(masks[i]), ious[i], "IoU")
     canvas.add_points(points if points is not None else [], labels if labels is not None else [])
-    result = result_json(path, (height, width), [mask_box(m) for m in masks], ious, list(masks),
-                         kind="object", extra={
-                             "points": [{"xy": xy, "label": label} for xy, label in args.point],
-                             "boxes": boxes, "multimask": args.multimask,
-                             "fill_holes": not args.no_fill_holes,
-                             "seconds": round(seconds, 3), "bundle": str(args.bundle)},
-                         fields=[{"object": i // per_object, "mask": i % per_object}
-                                 for i in range(len(masks))])
     js, png = outputs.write(path, result, canvas.image())
     status.print(f"{path}: {len(masks)} mask(s), predicted IoU {', '.join(f'{v:.2f}' for v in ious)}, "
                  f"{seconds:.1f} s; wrote {js} and {png}")

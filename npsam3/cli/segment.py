@@ -48,30 +48,22 @@ def run(args):
 def segment_one(proc, args, path, rgb, outputs):
     """Segment one image and write its two outputs, one full-size mask at a time."""
     from ..overlay import Overlay
-    from ..results import result_json
-    from ..rle import rle_encode
+    from ..queries import concept_instances, concept_result
 
     height, width = rgb.shape[:2]
     exemplars = [(clip_box(b, width, height), True) for b in args.box] + \
                 [(clip_box(b, width, height), False) for b in args.negative_box]
     t = time.time()
     state = proc.set_image(rgb)
-    proc.set_prompts(state, args.prompt,
-                     [[(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width,
-                       (y1 - y0) / height] for (x0, y0, x1, y1), _ in exemplars],
-                     [positive for _, positive in exemplars])
-    boxes, scores = state["boxes"], state["scores"]
-    canvas, rles = Overlay(rgb), [None] * len(scores)
-    order = range(len(scores) - 1, -1, -1)  # the best last, on top of the overlay
-    for i, mask in zip(order, proc.iter_masks(state, order)):
-        rles[i] = rle_encode(mask)
-        canvas.add(i, mask, boxes[i], scores[i], args.prompt or "exemplar")
+    canvas = Overlay(rgb)
+    boxes, scores, rles = concept_instances(
+        proc, state, args.prompt, exemplars,
+        draw=lambda i, mask, box, score: canvas.add(i, mask, box, score, args.prompt or "exemplar"))
     seconds = time.time() - t
-    result = result_json(path, (height, width), boxes, scores, rles, extra={
-        "prompt": args.prompt,
-        "exemplars": [{"box": box, "positive": positive} for box, positive in exemplars],
-        "threshold": args.threshold, "nms_iou": args.nms_iou, "presence": not args.no_presence,
-        "seconds": round(seconds, 3), "bundle": str(args.bundle)})
+    result = concept_result(path, (height, width), args.prompt, exemplars, boxes, scores, rles,
+                            threshold=args.threshold, nms_iou=args.nms_iou,
+                            presence=not args.no_presence, seconds=round(seconds, 3),
+                            bundle=str(args.bundle))
     js, png = outputs.write(path, result, canvas.image())
     best = f", best score {scores[0]:.2f}" if len(scores) else ""
     status.print(f"{path}: {len(scores)} instance(s){best}, {seconds:.1f} s; wrote {js} and {png}")
