@@ -97,10 +97,11 @@ def clip_box(box, width, height):
     return clipped
 
 
-def list_images(paths):
-    """Image files as given, and the image files in given folders (sorted; PNGs that npsam3
-    wrote as outputs are skipped, so a rerun over an output folder does not segment its own
-    overlays). Every path must exist; the missing ones are named in one error."""
+def list_images(paths, recursive=False):
+    """Image files as given, and the image files in given folders (sorted; in their subfolders
+    too with ``recursive``; PNGs that npsam3 wrote as outputs are skipped, so a rerun over an
+    output folder does not segment its own overlays). Every path must exist; the missing ones
+    are named in one error."""
     from ..results import is_npsam3_output
 
     missing = [p for p in paths if not os.path.exists(p)]
@@ -109,7 +110,7 @@ def list_images(paths):
     found, seen = [], set()
     for p in map(Path, paths):
         files = [p] if not p.is_dir() else sorted(
-            f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            f for f in (p.rglob("*") if recursive else p.iterdir()) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
             and not is_npsam3_output(f))
         for f in files:
             if f.resolve() not in seen:
@@ -206,12 +207,12 @@ status = StatusLine()
 
 
 def progress_text(i, n, name, start, what="segmenting"):
-    """'[#####.....] 3/8 eta 12s  segmenting dog.jpg' for image i (0-based) of n, started at
-    ``start`` (time.time()); no bar for a single image."""
+    """'[#####.....] 3/8 eta 12s 0.25 img/s  segmenting dog.jpg' for image i (0-based) of n,
+    started at ``start`` (time.time()); no bar for a single image."""
     if n == 1:
         return f"{what} {name} ..."
-    done = int(20 * i / n)
-    eta = f"eta {(time.time() - start) / i * (n - i):.0f}s" if i else "eta ?"
+    done, seconds = int(20 * i / n), max(time.time() - start, 1e-9)
+    eta = f"eta {seconds / i * (n - i):.0f}s {i / seconds:.2f} img/s" if i else "eta ?"
     return f"[{'#' * done}{'.' * (20 - done)}] {i}/{n} {eta}  {what} {name}"
 
 
