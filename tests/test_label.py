@@ -160,7 +160,7 @@ def test_killed_jobs_resume_with_exactly_the_rows_of_an_uninterrupted_run(bundle
             assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
         assert (out / "labels.jsonl").read_bytes().count(b"\n") < 3, "killed before the end"
     done = (out / "labels.jsonl").read_bytes().count(b"\n")
-    r = run(*args[3:])
+    r = run(*args[4:])
     assert r.returncode == 0, r.stderr
     assert f"{3 - done} image(s) labelled" in r.stdout and f"{done} done before" in r.stdout
     assert rows(out) == rows(reference)
@@ -180,31 +180,28 @@ def test_a_torn_last_line_is_dropped_and_its_image_labelled_again(bundle, photos
     assert rows(out) == rows(reference)
 
 
-def test_manifest_with_missing_unreadable_and_duplicate_paths(bundle, photos, tmp_path):
+def test_two_workers_on_a_manifest_with_missing_unreadable_and_duplicate_paths(
+        bundle, photos, reference, tmp_path):
+    """Duplicates are labelled once, bad entries go to failures.jsonl (exit 1), and the rows of
+    two worker processes are those of one process."""
     (tmp_path / "notes.jpg").write_text("not a picture")
     (tmp_path / "cut.jpg").write_bytes((photos / "coins.jpg").read_bytes()[:600])
     manifest = tmp_path / "list.txt"
     manifest.write_text(f"# photos\n{photos / 'chelsea.jpg'}\nnotes.jpg\ngone.jpg\n"
-                        f"{os.path.relpath(photos / 'chelsea.jpg', tmp_path)}\ncut.jpg\n")
+                        f"{os.path.relpath(photos / 'chelsea.jpg', tmp_path)}\ncut.jpg\n"
+                        f"{photos / 'more' / '..' / 'coins.jpg'}\n")
     out = tmp_path / "out"
-    r = label_cli(bundle, out, manifest, "--prompt", PROMPT)
+    r = label_cli(bundle, out, manifest, "--prompt", PROMPT, "--workers", "2")
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert "3 of 4 image(s) failed" in r.stderr
-    assert list(rows(out)) == [str((photos / "chelsea.jpg").resolve())]
+    assert "3 of 5 image(s) failed" in r.stderr
+    labelled = rows(out)
+    assert sorted(labelled) == sorted(str((photos / n).resolve()) for n in ("chelsea.jpg", "coins.jpg"))
+    assert labelled == {p: rows(reference)[p] for p in labelled}
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     assert sorted(os.path.basename(f["path"]) for f in failures) == ["cut.jpg", "gone.jpg",
                                                                     "notes.jpg"]
     for f in failures:
         assert f["error"] and "\n" not in f["error"] and os.path.basename(f["path"]) in f["error"]
-
-
-def test_worker_processes_give_the_rows_of_one_process(bundle, photos, reference, tmp_path):
-    out = tmp_path / "out"
-    r = run(photos / "*.jpg", "--prompt", PROMPT, "--bundle", bundle, "--out", out,
-            "--workers", "2", "--threads", "1")
-    assert r.returncode == 0, r.stderr
-    labelled = rows(out)
-    assert len(labelled) == 2 and labelled == {p: rows(reference)[p] for p in labelled}
 
 
 def test_ray_data_gives_the_rows_of_one_process(bundle, photos, reference, tmp_path):

@@ -24,8 +24,9 @@ MANIFESTS = TEXT_MANIFESTS | {".csv", ".jsonl", ".ndjson"}
 def image_paths(sources):
     """The real paths (str) of every image that ``sources`` name, in order, each once.
 
-    sources: folders, glob patterns (``photos/**/*.jpg``), image files and manifests. A source
-    that names nothing (missing file, a pattern without matches, an empty folder) is an error."""
+    sources: folders, glob patterns (``photos/**/*.jpg``; the image files among the matches),
+    image files and manifests. A source that names nothing (missing file, a pattern without
+    matches, an empty folder) is an error."""
     missing = [s for s in sources if not os.path.exists(s) and not glob.has_magic(s)]
     if missing:
         raise Npsam3Error("no such file or folder: " + ", ".join(missing))
@@ -48,9 +49,10 @@ def _expand(source):
             return [p]
         raise Npsam3Error(f"{source} is neither an image ({', '.join(sorted(IMAGE_SUFFIXES))}) "
                           f"nor a manifest ({', '.join(sorted(MANIFESTS))})")
-    matches = sorted(Path(m) for m in glob.glob(source, recursive=True) if os.path.isfile(m))
+    matches = sorted(Path(m) for m in glob.glob(source, recursive=True)
+                     if os.path.isfile(m) and Path(m).suffix.lower() in IMAGE_SUFFIXES)
     if not matches:
-        raise Npsam3Error(f"no files match {source}")
+        raise Npsam3Error(f"no image files match {source}")
     return matches
 
 

@@ -165,6 +165,7 @@ class JobFolder:
         from .coco import coco_dataset
 
         data = json_bytes(coco_dataset(self.rows(), self.settings), indent=None)
+        Path(coco).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(coco, data)
         self.record["coco"] = {"path": os.path.abspath(coco), "sha256": file_sha256(coco)}
         self._save_record()

@@ -1,15 +1,20 @@
 """Labelling in worker processes on this machine: each loads the bundle once and labels one
 image at a time; the parent (the only writer of the rows) takes the results as they come.
 
-Workers are spawned (a fresh interpreter each) with NPSAM3_NUM_THREADS and the BLAS / OpenMP
+Workers are spawned (a fresh interpreter each; concurrent.futures) with NPSAM3_NUM_THREADS and the BLAS / OpenMP
 thread variables set to cores / workers, so they are in force before npsam3 and NumPy load and
 the workers together use the cores once, not N times over.
 """
 
+import itertools
 import multiprocessing
 import os
 import signal
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
+
+from ..errors import Npsam3Error
 
 THREAD_VARIABLES = ("NPSAM3_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                     "MKL_NUM_THREADS")
@@ -66,11 +71,24 @@ def _label(path):
 
 def label_in_processes(settings, paths, workers, threads=None, kernels=None):
     """(kind, value) per path from ``workers`` spawned processes, in completion order (see
-    Labeler); threads per worker default to cores / workers. Leaving the generator early (an
-    error, Ctrl-C, SIGTERM) terminates the workers."""
+    Labeler); threads per worker default to cores / workers. Two images per worker are in
+    flight at most. Leaving the generator early (an error, Ctrl-C, SIGTERM) cancels the rest (the
+    workers end after their current image); a worker that dies (e.g. killed for memory) ends the
+    job with an error, the rows so far kept."""
     threads = threads or max(1, cores() // workers)
-    context = multiprocessing.get_context("spawn")
-    with _environment(thread_environment(threads)):
-        pool = context.Pool(workers, _start_worker, (settings, kernels))
-    with pool:
-        yield from pool.imap_unordered(_label, paths)
+    todo = iter(paths)
+    with _environment(thread_environment(threads)):  # workers are spawned as work is submitted
+        pool = ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker, initargs=(settings, kernels))
+        try:
+            running = {pool.submit(_label, p) for p in itertools.islice(todo, 2 * workers)}
+            while running:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                running |= {pool.submit(_label, p) for p in itertools.islice(todo, len(done))}
+                for future in done:
+                    yield future.result()
+        except BrokenProcessPool:
+            raise Npsam3Error("a worker process died (out of memory?); the rows so far are "
+                              "kept: run the job again to go on") from None
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)

@@ -40,6 +40,7 @@ def label_with_ray(settings, paths, address, actors=None, threads=1, kernels=Non
     if started:
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
     try:
+        ray.data.DataContext.get_current().enable_progress_bars = False  # the caller reports
         actors = actors or max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
         dataset = ray.data.from_items([{"path": p} for p in paths]).map_batches(
             RayLabeler, fn_constructor_kwargs={"settings": settings, "kernels": kernels,
