@@ -9,6 +9,7 @@ images in flight; a torn last line (a crash mid-write) is dropped and its image 
 settings on an existing OUT are refused, unless ``force`` (which starts over).
 """
 
+import importlib.util
 import json
 import os
 import warnings
@@ -18,6 +19,8 @@ from pathlib import Path
 from ..bundle import MANIFEST, read_manifest
 from ..errors import Npsam3Error
 from ..files import write_atomic
+from ..results import json_bytes
+from .coco import coco_dataset
 from .labeler import file_sha256
 
 LABELS, FAILURES, JOB = "labels.jsonl", "failures.jsonl", "job.json"
@@ -137,15 +140,11 @@ class JobFolder:
 
     def append(self, row):
         """Add one image's row: written, flushed and fsynced before the next."""
-        from ..results import json_bytes
-
         self._rows.write(json_bytes(row, indent=None))
         self._rows.flush()
         os.fsync(self._rows.fileno())
 
     def fail(self, failure):
-        from ..results import json_bytes
-
         self._failed.write(json_bytes(failure, indent=None))
         self._failed.flush()
 
@@ -161,9 +160,6 @@ class JobFolder:
 
     def write_coco(self, coco):
         """(Re)build the COCO file from all rows (atomically) and record it in job.json."""
-        from ..results import json_bytes
-        from .coco import coco_dataset
-
         data = json_bytes(coco_dataset(self.rows(), self.settings), indent=None)
         Path(coco).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(coco, data)
@@ -171,8 +167,6 @@ class JobFolder:
         self._save_record()
 
     def _save_record(self):
-        from ..results import json_bytes
-
         self.record["settings"] = self.settings
         write_atomic(self.job, json_bytes(self.record))
 
@@ -199,6 +193,8 @@ def label(sources, prompts, bundle, out, coco=None, threshold=0.5, nms_iou=None,
     from .inputs import image_paths
 
     settings = job_settings(prompts, bundle, threshold, nms_iou, presence)
+    if ray is not None and importlib.util.find_spec("ray") is None:
+        raise Npsam3Error("--ray needs Ray Data: pip install 'npsam3[ray]'")
     folder = JobFolder(out, settings, force)
     if coco is not None:
         folder.check_coco(coco)

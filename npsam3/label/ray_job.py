@@ -30,12 +30,8 @@ def label_with_ray(settings, paths, address, actors=None, threads=1, kernels=Non
     """(kind, value) per path, labelled by ``actors`` Ray actors of ``threads`` CPUs each
     (default: as many as the cluster's CPUs allow). address: "" for the Ray instance this
     process initialised or a new local one, else a cluster address ("auto", "ray://host:10001")."""
-    try:
-        import ray
-    except ImportError:
-        from ..errors import Npsam3Error
+    import ray
 
-        raise Npsam3Error("--ray needs Ray Data: pip install 'npsam3[ray]'") from None
     started = not ray.is_initialized()
     if started:
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
