@@ -43,7 +43,8 @@ def add_parser(sub):
     s.add_argument("--threads", type=positive, help="threads per worker (default: cores / "
                    "workers; 1 per Ray actor)")
     s.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="label with Ray Data, on "
-                   "a new local Ray instance or the cluster at ADDRESS (needs npsam3[ray])")
+                   "a new local Ray instance or the cluster at ADDRESS (needs npsam3[ray]; write "
+                   "--ray=ADDRESS, or --ray last, so that an input is not taken for ADDRESS)")
     s.add_argument("--kernels", choices=KERNELS, help="primitives' implementation (see segment)")
     s.add_argument("--force", action="store_true",
                    help="start the job over (drop OUT's rows) and replace an existing --coco file")

@@ -27,5 +27,5 @@ def coco_dataset(rows, settings):
                     "score": inst["score"], "iscrowd": 0})
     return {"info": {"description": "npsam3 label", "prompts": settings["prompts"],
                      "threshold": settings["threshold"], "nms_iou": settings["nms_iou"],
-                     "presence": settings["presence"], "bundle": settings["bundle"]["path"]},
+                     "presence": settings["presence"], "bundle": settings["bundle"]},
             "images": images, "categories": categories, "annotations": annotations}

@@ -5,8 +5,10 @@ digest; and the COCO file last written), ``labels.jsonl`` (one row per image, se
 ``labeler``; appended, flushed and fsynced one row at a time, by this process only) and
 ``failures.jsonl`` (this run's bad images: path and a one-line reason). A rerun skips the images
 whose row exists for the same path and file content (sha256), so a killed job loses only the
-images in flight; a torn last line (a crash mid-write) is dropped and its image redone. Other
-settings on an existing OUT are refused, unless ``force`` (which starts over).
+images in flight; a torn last line (a crash mid-write) is dropped and its image redone, as is an
+image whose file changed. Rows of images that a rerun does not name stay: the job's dataset is
+all it has labelled. Other settings on an existing OUT are refused, unless ``force`` (which
+starts over).
 """
 
 import importlib.util
@@ -50,7 +52,7 @@ def job_settings(prompts, bundle, threshold=0.5, nms_iou=None, presence=True):
     return {"prompts": prompts, "threshold": _check_threshold(threshold),
             "nms_iou": None if nms_iou is None else _check_threshold(nms_iou),
             "presence": bool(presence),
-            "bundle": {"path": os.path.abspath(bundle)},
+            "bundle": os.path.abspath(bundle),
             "bundle_manifest": file_sha256(Path(bundle) / MANIFEST)}
 
 
@@ -236,6 +238,6 @@ def _results(settings, paths, workers, threads, ray, kernels, load):
 
     if threads:
         limit_threads(threads)
-    labeler = Labeler(settings, kernels, model=load(settings["bundle"]["path"], kernels=kernels)
+    labeler = Labeler(settings, kernels, model=load(settings["bundle"], kernels=kernels)
                       if load else None)
     return map(labeler, paths)

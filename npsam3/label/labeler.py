@@ -39,7 +39,7 @@ class Labeler:
         from ..processor import Sam3Processor
 
         self.settings = settings
-        model = model or load_model(settings["bundle"]["path"], kernels=kernels)
+        model = model or load_model(settings["bundle"], kernels=kernels)
         self.proc = Sam3Processor(model, confidence_threshold=settings["threshold"],
                                   nms_iou=settings["nms_iou"], use_presence=settings["presence"],
                                   sort_by_score=True)

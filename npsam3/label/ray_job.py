@@ -8,6 +8,7 @@ only writer, exactly as with worker processes. Ray does the scheduling, queueing
 
 import json
 
+from ..errors import Npsam3Error
 from .labeler import Labeler
 from .parallel import limit_threads
 
@@ -34,7 +35,12 @@ def label_with_ray(settings, paths, address, actors=None, threads=1, kernels=Non
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+        except Exception as e:  # Ray raises ConnectionError, ValueError, RuntimeError, ...
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise Npsam3Error(f"cannot start or reach Ray at {address or 'a new local instance'}: "
+                              f"{reason}") from None
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False  # the caller reports
         actors = actors or max(1, int(ray.cluster_resources().get("CPU", 1) // threads))
