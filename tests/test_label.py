@@ -166,17 +166,21 @@ def test_killed_jobs_resume_with_exactly_the_rows_of_an_uninterrupted_run(bundle
     assert rows(out) == rows(reference)
 
 
-def test_a_torn_last_line_is_dropped_and_its_image_labelled_again(bundle, photos, reference,
-                                                                  tmp_path):
+def test_a_torn_last_line_and_a_changed_file_are_labelled_again(bundle, photos, reference,
+                                                               tmp_path):
+    """The last row cut mid-way (a crash mid-write) and another row's sha256 not the file's
+    (the image changed since): both images are labelled again, the third is skipped."""
     out = tmp_path / "out"
     shutil.copytree(reference, out)
-    data = (out / "labels.jsonl").read_bytes()
-    last = data.rstrip(b"\n").rfind(b"\n") + 1
-    (out / "labels.jsonl").write_bytes(data[:last + (len(data) - last) // 2])  # cut mid-row
+    lines = (out / "labels.jsonl").read_bytes().splitlines(keepends=True)
+    first = json.loads(lines[0])
+    lines[0] = json.dumps({**first, "sha256": "0" * 64}).encode() + b"\n"
+    lines[-1] = lines[-1][:len(lines[-1]) // 2]
+    (out / "labels.jsonl").write_bytes(b"".join(lines))
     r = label_cli(bundle, out, photos, "--prompt", PROMPT)
     assert r.returncode == 0, r.stderr
-    assert "last line is incomplete" in r.stderr and "1 image(s) labelled" in r.stdout
-    assert "2 done before" in r.stdout
+    assert "last line is incomplete" in r.stderr and "1 labelled image(s) changed" in r.stderr
+    assert "2 image(s) labelled" in r.stdout and "1 done before" in r.stdout
     assert rows(out) == rows(reference)
 
 

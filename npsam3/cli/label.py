@@ -80,6 +80,8 @@ def run(args):
             status.print(f"npsam3: error: {value['error']}", sys.stderr)
         status.show(progress_text(done, total, Path(value["path"]).name, start, "labelled"))
 
+    if args.ray is not None or (args.workers or 1) > 1:
+        status.show("starting the workers (each loads the bundle) ...")
     summary = label(args.inputs, read_prompts(args), args.bundle, args.out, coco=args.coco,
                     threshold=args.threshold, nms_iou=args.nms_iou, presence=not args.no_presence,
                     workers=args.workers, threads=args.threads, ray=args.ray, force=args.force,
