@@ -10,23 +10,18 @@ job's "threshold", "nms_iou" and "presence"; nothing that varies between runs (n
 the same image and settings always give the same row.
 """
 
-import hashlib
-
+from ..bundle import sha256_file
 from ..errors import Npsam3Error
 
 
 def file_sha256(path):
     """sha256 (hex) of a file's bytes; an unreadable file raises Npsam3Error."""
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        return sha256_file(path)
     except FileNotFoundError:
         raise Npsam3Error(f"image file not found: {path}") from None
     except OSError as e:
         raise Npsam3Error(f"cannot read {path}: {e.strerror or e}") from None
-    return digest.hexdigest()
 
 
 class Labeler:
