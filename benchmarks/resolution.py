@@ -8,7 +8,6 @@ assets/coins.jpg, the number of kept instances and the peak RSS (VmHWM). Speed i
 the first bundle. Accuracy away from 1008 px is not measured here.
 """
 
-import argparse
 import json
 import statistics
 import sys
@@ -18,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from end_to_end import PHOTO, PROMPT, THRESHOLD, timed_calls  # noqa: E402
-from harness import alternate, peak_rss_mib  # noqa: E402
+from harness import alternate, parser, peak_rss_mib  # noqa: E402
 
 
 def worker(args):
@@ -33,11 +32,9 @@ def worker(args):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, bundle=False)
     ap.add_argument("bundles", nargs="*")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args)
