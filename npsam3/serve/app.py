@@ -35,8 +35,10 @@ PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self
                "style-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'")
 MB = 1 << 20
 
-Box = Annotated[list[FiniteFloat], Field(min_length=4, max_length=4,
-                                         description="pixels [x0, y0, x1, y1]")]
+MAX_COORDINATE = 1e9  # pixels; beyond any image side, within float32
+Coordinate = Annotated[FiniteFloat, Field(ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
+Box = Annotated[list[Coordinate], Field(min_length=4, max_length=4,
+                                        description="pixels [x0, y0, x1, y1]")]
 
 
 class Strict(BaseModel):
@@ -57,7 +59,7 @@ class ConceptRequest(Strict):
 
 
 class Point(Strict):
-    xy: Annotated[list[FiniteFloat], Field(min_length=2, max_length=2, description="pixels")]
+    xy: Annotated[list[Coordinate], Field(min_length=2, max_length=2, description="pixels [x, y]")]
     label: Literal[0, 1] = 1
 
 
