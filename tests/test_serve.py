@@ -380,3 +380,37 @@ def test_load_four_clients(client, photos, app):
     held = app.state.engine.store.held
     assert held <= CACHE_MB << 20
     assert grown < 64 << 20, f"RSS grew by {grown >> 20} MB over {len(plan)} requests ({seconds:.0f} s)"
+
+
+# ----------------------------------------------------------------------------------------------
+# The command
+# ----------------------------------------------------------------------------------------------
+
+
+def test_serve_command(bundle, monkeypatch, capsys):
+    import sys
+
+    served = []
+    monkeypatch.setattr("npsam3.serve.server.serve", lambda app, host, port: served.append(
+        (app, host, port)))
+    assert npsam3_main(["serve", "--bundle", str(bundle), "--port", "8123"]) == 0
+    assert served[-1][1:] == ("127.0.0.1", 8123) and "--token" not in capsys.readouterr().err
+    assert npsam3_main(["serve", "--bundle", str(bundle), "--host", "0.0.0.0"]) == 0
+    assert "0.0.0.0 without --token" in capsys.readouterr().err
+    assert npsam3_main(["serve", "--bundle", str(bundle), "--host", "0.0.0.0", "--token", "t",
+                        "--max-upload-mb", "0.001"]) == 0
+    assert "--token" not in capsys.readouterr().err
+    with running(served[-1][0]) as url, httpx.Client(base_url=url) as c:
+        check_error(c.get("/v1/model"), 401, "token")
+        check_error(c.post("/v1/images", content=b"x" * 2000, headers={"Authorization": "Bearer t"}),
+                    413, "0.001 MB")
+    for args, code, words in ((["--workers", "0"], 2, "whole number"),
+                              (["--max-upload-mb", "-1"], 2, "positive"),
+                              (["--bundle", "/no/such/bundle"], 1, "/no/such/bundle")):
+        assert npsam3_main(["serve", "--bundle", str(bundle), *args]) == code
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1, err
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if the serve extra were not installed
+    monkeypatch.delitem(sys.modules, "npsam3.serve.app")
+    assert npsam3_main(["serve", "--bundle", str(bundle)]) == 1
+    assert "pip install 'npsam3[serve]'" in capsys.readouterr().err

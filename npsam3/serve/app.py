@@ -100,7 +100,7 @@ async def read_body(request, limit):
     """The request body, refused (413) as soon as it passes ``limit`` bytes: by Content-Length
     before reading, else while streaming."""
     length = request.headers.get("content-length")
-    too_large = f"the upload is larger than the server's limit of {limit / MB:g} MB"
+    too_large = f"the upload is larger than the server's limit of {limit / MB:.3g} MB ({limit} bytes)"
     if length is not None and (not length.isdigit() or int(length) > limit):
         raise ApiError(413, too_large if length.isdigit() else "bad Content-Length header")
     chunks, size = [], 0
@@ -131,7 +131,7 @@ def create_app(model, cache_mb=2048, workers=8, max_upload_mb=40, token=None):
     ``workers`` requests admitted at once (HTTP concurrency; inference runs on one thread),
     uploads up to ``max_upload_mb``, every endpoint but /v1/health behind ``token`` if given."""
     engine = Engine(model, cache_mb * MB, workers)
-    limit = int(max_upload_mb * MB)
+    limit = round(max_upload_mb * MB)
 
     async def authorised(authorization: Annotated[Optional[str], Header()] = None):
         if token is None:
