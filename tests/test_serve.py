@@ -2,8 +2,8 @@
 re-selection, every kind of bad input, the queue bound, the token, and a bounded load test.
 A real uvicorn server on a free loopback port; the browser test is test_serve_browser.py."""
 
-import io
 import json
+import logging
 import os
 import random
 import socket
@@ -19,6 +19,7 @@ from PIL import Image
 
 import npsam3.image
 from npsam3.cli import main as npsam3_main
+from npsam3.results import png_bytes
 from npsam3.serve.app import create_app
 from npsam3.serve.server import running
 from npsam3.serve.store import Entry, ImageStore
@@ -61,6 +62,24 @@ def detector_runs(np_model):
 @pytest.fixture(scope="module")
 def app(np_model, detector_runs):
     return create_app(np_model, cache_mb=CACHE_MB, workers=8, max_upload_mb=MAX_UPLOAD_MB)
+
+
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@pytest.fixture
+def server_errors():
+    """The ERROR records of uvicorn's log while a test runs (an unhandled exception, a 500)."""
+    handler = Records()
+    logging.getLogger("uvicorn.error").addHandler(handler)
+    yield handler.records
+    logging.getLogger("uvicorn.error").removeHandler(handler)
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +195,7 @@ def disconnect_mid_upload(base_url):
         s.sendall(b"\xff\xd8" + b"\0" * 65536)
 
 
-def test_bad_uploads(client, photos, monkeypatch):
+def test_bad_uploads(client, photos, monkeypatch, server_errors):
     _, data = photos["coins"]
     image_id = upload(client, data)["id"]
     check_error(client.post("/v1/images", content=b"not a picture"), 422, "not a readable image")
@@ -194,21 +213,19 @@ def test_bad_uploads(client, photos, monkeypatch):
 
     check_error(client.post("/v1/images", content=chunks()), 413, "larger than")
     monkeypatch.setattr(npsam3.image, "MAX_PIXELS", 160 * 120 - 1)
-    check_error(client.post("/v1/images", content=png_bytes(161, 120)), 422, "too large")
+    check_error(client.post("/v1/images", content=png_bytes(np.zeros((120, 161, 3), np.uint8))),
+                422, "too large")
     monkeypatch.undo()
     disconnect_mid_upload(str(client.base_url))
     time.sleep(0.3)
     still_serving(client, image_id)
-    assert upload(client, data)["cached"]
+    for name, label in (("../../etc/passwd", "passwd"), ("C:\\photos\\x.png", "x.png"),
+                        ("\x00", "upload"), ("coins.png", "coins.png")):  # labels, never paths
+        assert upload(client, data, name)["name"] == label
+    assert not server_errors, [r.getMessage() for r in server_errors]
 
 
-def png_bytes(width, height):
-    buf = io.BytesIO()
-    Image.new("RGB", (width, height), (90, 120, 30)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def test_bad_requests(client, photos):
+def test_bad_requests(client, photos, server_errors):
     image_id = upload(client, photos["coins"][1])["id"]
     concept, obj = f"/v1/images/{image_id}/concept", f"/v1/images/{image_id}/object"
     raw = {"headers": {"Content-Type": "application/json"}}
@@ -241,6 +258,7 @@ def test_bad_requests(client, photos):
     check_error(client.get("/v1/nothing"), 404)
     check_error(client.delete("/v1/health"), 405)
     still_serving(client, image_id)
+    assert not server_errors, [r.getMessage() for r in server_errors]
 
 
 def test_token(np_model):
@@ -362,7 +380,7 @@ def test_load_four_clients(client, photos, app):
     expected = [send(client, r) for r in requests]  # one client, one request at a time
     assert all(status == 200 for status, _ in expected)
     rng = random.Random(0)
-    plan = [rng.randrange(len(requests)) for _ in range(240)]
+    plan = [rng.randrange(len(requests)) for _ in range(200)]
     rss = rss_bytes()
 
     def run(part):

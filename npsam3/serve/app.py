@@ -13,6 +13,7 @@ Concept and object answers are the JSON of ``npsam3 segment`` / ``npsam3 object`
 import hmac
 import os
 import re
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -142,11 +143,15 @@ def create_app(model, cache_mb=2048, workers=8, max_upload_mb=40, token=None):
             raise ApiError(401, "missing or wrong token: send the header Authorization: Bearer "
                            "<token>", {"WWW-Authenticate": "Bearer"})
 
-    app = FastAPI(title="npsam3", version=__version__,
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        engine.close()
+
+    app = FastAPI(title="npsam3", version=__version__, lifespan=lifespan,
                   description="SAM3-family segmentation without PyTorch: upload an image once, "
                   "then concept prompts and clicks on its id.")
     app.state.engine = engine
-    app.router.add_event_handler("shutdown", engine.close)
     private = [Depends(authorised)]
 
     @app.exception_handler(ApiError)

@@ -73,12 +73,13 @@ class Engine:
     # -- operations (inference thread) ---------------------------------------------------------
 
     def upload(self, data, name):
-        """Decode and encode an uploaded image file once (the same bytes again reuse it):
-        {"id", "name", "width", "height", "cached"}."""
+        """Decode and encode an uploaded image file once (the same bytes again reuse it; the
+        last upload's name labels the results): {"id", "name", "width", "height", "cached"}."""
         key = image_id(data)
         cached = key in self.store
         if cached:
             entry = self.store.get(key)
+            entry.name = name
         else:
             rgb = load_image(data, name)
             entry = Entry(key, name, Sam3Processor(self.model).set_image(rgb))
