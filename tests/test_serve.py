@@ -160,6 +160,10 @@ def test_model_info_and_health(client, bundle, photos):
     manifest = json.loads((Path(bundle) / "manifest.json").read_text())
     assert info["bundle"] == Path(bundle).name and info["interactive"] is True
     assert info["weights"] == manifest["weights"] and info["resolution"] == 1008
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/images", "/v1/images/{image_id}/concept", "/v1/images/{image_id}/object",
+            "/v1/model", "/v1/health"} <= set(paths)
+    assert client.get("/docs").status_code == 200
     health = client.get("/v1/health").json()
     assert health["status"] == "ok" and health["cache_budget"] == CACHE_MB << 20
     assert 0 < health["cache_bytes"] <= health["cache_budget"]

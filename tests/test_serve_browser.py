@@ -11,11 +11,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
 from npsam3.rle import rle_decode
 from npsam3.serve.app import create_app
 from npsam3.serve.server import running
+
+from .test_serve import small_photo, without
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "out" / "test-artifacts"
@@ -23,7 +24,7 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--window-size=900,1000"]  # the whole image in view
-SERVER_ONLY = ("detector_ran", "prediction")
+SERVER_ONLY = ("detector_ran", "prediction")  # differ between two equal requests
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +80,6 @@ def outline(mask):
     return mask & ~inner
 
 
-def without(result):
-    return {k: v for k, v in result.items() if k not in SERVER_ONLY}
-
-
 def click_at(driver, xy, action="click"):
     """Click (or "context_click") the image at pixel ``xy``."""
     from selenium.webdriver.common.action_chains import ActionChains
@@ -106,8 +103,7 @@ def test_page_in_chromium(browser, np_model, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
-    photo = tmp_path / "coins.png"
-    Image.open(ROOT / "assets" / "coins.jpg").convert("RGB").resize((160, 120)).save(photo)
+    photo, _ = small_photo(tmp_path, "coins.jpg", (160, 120))
     driver = browser
     with running(create_app(np_model)) as url, httpx.Client(base_url=url, timeout=300) as api:
         driver.get(url + "/")
@@ -124,7 +120,7 @@ def test_page_in_chromium(browser, np_model, tmp_path):
         assert concept["detector_ran"] and concept["threshold"] == 0.5 and concept["instances"]
         served = api.post(f"/v1/images/{image['id']}/concept",
                           json={"prompt": "a coin", "threshold": 0.5}).json()
-        assert without(concept) == without(served)
+        assert without(concept, SERVER_ONLY) == without(served, SERVER_ONLY)
         items = driver.find_elements(By.CSS_SELECTOR, "#instances li")
         assert [li.text.split(",")[0] for li in items] == \
             [f"score {i['score']:.2f}" for i in concept["instances"]]
@@ -147,7 +143,7 @@ def test_page_in_chromium(browser, np_model, tmp_path):
         assert label == 1 and abs(xy[0] - 80.5) < 1.5 and abs(xy[1] - 60.5) < 1.5
         again = api.post(f"/v1/images/{image['id']}/object",
                          json={"points": obj["points"], "multimask": False}).json()
-        assert without(obj) == without(again)
+        assert without(obj, SERVER_ONLY) == without(again, SERVER_ONLY)
         mask = rle_decode(obj["instances"][0]["segmentation"])
         assert mask.any() and np.array_equal(painted(driver, "object"), mask)
 

@@ -10,7 +10,7 @@ const COLOURS = [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [2
 // What the page shows; window.npsam3 for the curious (and the browser test).
 const view = { image: null, concept: null, object: null, points: [], box: null, last: null };
 window.npsam3 = view;
-let conceptRun = 0;  // answers to older concept requests are dropped
+const latest = { concept: 0, object: 0 };  // answers to superseded requests are dropped
 
 // ---- the API ----------------------------------------------------------------------------------
 
@@ -155,10 +155,10 @@ function show(result) {
 async function runConcept() {
   const prompt = $("prompt").value.trim();
   if (!view.image || !prompt) return say(view.image ? "type a concept first" : "open an image first", true);
-  const run = ++conceptRun, threshold = Number($("threshold").value), start = performance.now();
+  const run = ++latest.concept, threshold = Number($("threshold").value), start = performance.now();
   say(`segmenting "${prompt}" ...`);
   const result = await post(`/v1/images/${view.image.id}/concept`, { prompt, threshold });
-  if (run !== conceptRun) return;
+  if (run !== latest.concept) return;
   view.concept = result;
   drawConcept(result);
   show(result);
@@ -168,10 +168,11 @@ async function runConcept() {
 }
 
 async function runObject() {
-  const start = performance.now();
+  const run = ++latest.object, start = performance.now();
   say("predicting the object ...");
   const body = { points: view.points, box: view.box, multimask: false };
   const result = await post(`/v1/images/${view.image.id}/object`, body);
+  if (run !== latest.object) return;
   view.object = result;
   drawObject(result);
   show(result);
