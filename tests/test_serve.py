@@ -190,13 +190,17 @@ def still_serving(client, image_id):
     assert r.status_code == 200 and r.json()["format"] == "npsam3-segment", r.status_code
 
 
-def disconnect_mid_upload(base_url):
-    """Send the headers of a 5 MB upload and 64 KB of it, then close the socket."""
+def partial_upload(base_url, wait=None):
+    """Send the headers of a 0.9 MB upload (within the limit) and 64 KB of it; then close the
+    socket, or wait up to ``wait`` seconds for the server's answer and return its status line."""
     host, port = base_url.rsplit("/", 1)[1].split(":")
     with socket.create_connection((host, int(port))) as s:
         s.sendall(b"POST /v1/images?name=cut.jpg HTTP/1.1\r\nHost: x\r\n"
-                  b"Content-Type: application/octet-stream\r\nContent-Length: 5000000\r\n\r\n")
+                  b"Content-Type: application/octet-stream\r\nContent-Length: 900000\r\n\r\n")
         s.sendall(b"\xff\xd8" + b"\0" * 65536)
+        if wait:
+            s.settimeout(wait)
+            return s.recv(4096).split(b"\r\n")[0]
 
 
 def test_bad_uploads(client, photos, monkeypatch, server_errors):
@@ -220,8 +224,10 @@ def test_bad_uploads(client, photos, monkeypatch, server_errors):
     check_error(client.post("/v1/images", content=png_bytes(np.zeros((120, 161, 3), np.uint8))),
                 422, "too large")
     monkeypatch.undo()
-    disconnect_mid_upload(str(client.base_url))
-    time.sleep(0.3)
+    partial_upload(str(client.base_url))  # the client disconnects mid-upload
+    monkeypatch.setattr("npsam3.serve.app.UPLOAD_SECONDS", 0.5)
+    assert partial_upload(str(client.base_url), wait=10) == b"HTTP/1.1 408 Request Timeout"
+    monkeypatch.undo()
     still_serving(client, image_id)
     for name, label in (("../../etc/passwd", "passwd"), ("C:\\photos\\x.png", "x.png"),
                         ("\x00", "upload"), ("coins.png", "coins.png")):  # labels, never paths

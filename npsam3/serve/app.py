@@ -10,6 +10,7 @@ Concept and object answers are the JSON of ``npsam3 segment`` / ``npsam3 object`
 ``{"error": "<one line>"}`` with its 4xx status (503 + Retry-After when the queue is full).
 """
 
+import asyncio
 import hmac
 import os
 import re
@@ -35,6 +36,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; "
                "style-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'")
 MB = 1 << 20
+UPLOAD_SECONDS = 120  # an upload that takes longer is cut off (408), freeing its slot
 
 MAX_COORDINATE = 1e9  # pixels; beyond any image side, within float32
 Coordinate = Annotated[FiniteFloat, Field(ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
@@ -203,7 +205,10 @@ def create_app(model, cache_mb=2048, workers=8, max_upload_mb=40, token=None):
                   "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
     async def upload(request: Request, name: Annotated[str, Query(max_length=255)] = "upload"):
         with engine.admit():
-            data = await read_body(request, limit)
+            try:
+                data = await asyncio.wait_for(read_body(request, limit), UPLOAD_SECONDS)
+            except asyncio.TimeoutError:
+                raise ApiError(408, f"the upload took longer than {UPLOAD_SECONDS:g} s") from None
             return await engine.call(engine.upload, data, upload_name(name))
 
     @app.get("/v1/images/{image_id}", dependencies=private, summary="an uploaded image's size")
