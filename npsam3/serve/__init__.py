@@ -4,5 +4,6 @@
 
 store.py keeps the encoded images (by content hash, within a memory budget), engine.py runs
 every model call on the one inference thread that owns the model, app.py maps HTTP to both,
-static/ is the page. Importing this package does not import FastAPI.
+server.py runs it with uvicorn, static/ is the page. Importing this package does not import
+FastAPI.
 """
