@@ -350,6 +350,17 @@ def test_store_evicts_least_recently_used_within_budget():
         store.get("a")
 
 
+def test_server_drops_least_recently_used_image(np_model, photos):
+    app = create_app(np_model, cache_mb=1)  # less than one image: only the one in use stays
+    with running(app) as url, httpx.Client(base_url=url, timeout=300) as c:
+        coins = upload(c, photos["coins"][1])
+        chelsea = upload(c, photos["chelsea"][1], "chelsea.png")
+        check_error(c.get(f"/v1/images/{coins['id']}"), 404, "no image")
+        assert c.get(f"/v1/images/{chelsea['id']}").json()["name"] == "chelsea.png"
+        health = c.get("/v1/health").json()
+        assert health["images"] == 1 and health["cache_bytes"] > health["cache_budget"]
+
+
 # ----------------------------------------------------------------------------------------------
 # Load: 4 concurrent clients, results identical to one client's
 # ----------------------------------------------------------------------------------------------
