@@ -28,6 +28,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from harness import DEMO_BUNDLE
+
 ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = ["a coin", "a round object", "a shiny thing", "money"]
 
@@ -77,7 +79,7 @@ def measure(base_url, clients, bodies, path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--bundle", default=ROOT / "weights" / "demo-random-bundle", type=Path)
+    p.add_argument("--bundle", default=DEMO_BUNDLE, type=Path)
     p.add_argument("--clients", default="1,2,4")
     p.add_argument("--requests", type=int, default=40, help="requests per row")
     p.add_argument("--size", default="640x480", help="photo size WxH")
