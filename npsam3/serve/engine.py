@@ -16,7 +16,6 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..cli.common import clip_box
-from ..errors import Npsam3Error
 from ..image import load_image
 from ..processor import Sam3Processor
 from ..queries import concept_instances, concept_result, object_result
