@@ -1,4 +1,5 @@
-# The two commands of the README: `make demo` and `make test`. Both set up .venv on first use.
+# The two commands of the README: `make demo` and `make test`. Both set up .venv on first use;
+# `make test` also installs Debian's chromium for the browser test (`make browser`).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q
@@ -9,7 +10,10 @@ else
 TORCH := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: demo test
+# apt-get as root, else through sudo
+APT := $(if $(filter 0,$(shell id -u)),,sudo) apt-get
+
+.PHONY: demo test browser
 
 $(VENV)/.installed: pyproject.toml
 	@echo "[1/4] creating the virtual environment $(VENV)"
@@ -25,5 +29,11 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	@$(PY) -m npsam3_convert.demo
 
-test: $(VENV)/.installed
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		echo "[browser] installing Debian's chromium and chromium-driver (for the browser test)"; \
+		$(APT) update -qq && $(APT) install -y -qq chromium chromium-driver; \
+	fi
+
+test: $(VENV)/.installed browser
 	$(PY) -m pytest -q

@@ -9,7 +9,6 @@ graph optimisation) and one change of it at a time. Times are medians per graph 
 after a warm-up; the image is assets/coins.jpg preprocessed to the bundle's resolution.
 """
 
-import argparse
 import json
 import statistics
 import sys
@@ -82,19 +81,13 @@ def worker(args):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", default=str(ROOT / "weights" / "demo-random-bundle"))
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--worker", choices=list(VARIANTS), help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.worker:
-        return worker(args)
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from harness import alternate
+    sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+    from harness import run
 
-    results = alternate(__file__, VARIANTS, ["--bundle", args.bundle, "--runs", args.runs],
-                        args.rounds)
+    ran = run(__file__, __doc__, VARIANTS, worker, runs=3)
+    if ran is None:
+        return
+    args, results = ran
     graphs = list(results["npsam3"][0]["times"])
     print(f"onnxruntime session options on {args.bundle}; medians of {args.rounds}x{args.runs} runs (ms)")
     print(f"{'variant':30s}" + "".join(f"{g:>15s}" for g in graphs) + f"{'peak RSS MiB':>14s}")

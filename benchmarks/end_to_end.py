@@ -12,7 +12,6 @@ Then `npsam3 segment` (a fresh process: start-up, bundle load, image, files) on 
 on a folder of 8.
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -76,26 +75,13 @@ def segment_wall(bundle, images, kernels):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", default=str(ROOT / "weights" / "demo-random-bundle"))
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.worker:
-        return worker(args)
-    if not Path(args.bundle).is_dir():
-        sys.path.insert(0, str(ROOT))
-        from npsam3_convert.bundle import export_bundle
-        from npsam3_convert.models import CONTEXT_LENGTH, build_tiny_sam3_image_model
+    sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+    from harness import run
 
-        export_bundle(build_tiny_sam3_image_model(seed=0), args.bundle,
-                      context_length=CONTEXT_LENGTH, weights={"random": True, "seed": 0})
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from harness import alternate
-
-    results = alternate(__file__, WORKERS, ["--bundle", args.bundle, "--runs", args.runs],
-                        args.rounds)
+    ran = run(__file__, __doc__, WORKERS, worker, runs=3)
+    if ran is None:
+        return
+    args, results = ran
     med = {impl: {k: 1000 * statistics.median(t[k] for res in rs for t in res["times"])
                   for k in ("set_image", "set_text_prompt", "total")}
            for impl, rs in results.items()}

@@ -1,9 +1,45 @@
 """What the benchmarks share: each implementation runs in a worker process of its own (so each
 peak RSS is its own), alternating over rounds so that a drifting machine hits all alike."""
 
+import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+DEMO_BUNDLE = Path(__file__).resolve().parent.parent / "weights" / "demo-random-bundle"
+
+
+def parser(doc, workers=None, bundle=True):
+    """The options every alternating benchmark has: --bundle (default: the demo's), --rounds, and
+    the hidden --worker by which the benchmark runs itself as one implementation's worker."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if bundle:
+        ap.add_argument("--bundle", default=str(DEMO_BUNDLE))
+    ap.add_argument("--rounds", type=int, default=2, help="worker processes per implementation")
+    ap.add_argument("--worker", choices=workers and list(workers), help=argparse.SUPPRESS)
+    return ap
+
+
+def run(script, doc, workers, worker, **options):
+    """A benchmark's main: parse --bundle, --rounds, --worker and ``options`` (name=default int,
+    forwarded to the workers). In a worker process, ``worker(args)``; in the parent, export the
+    demo's random-weight bundle if --bundle is missing, then alternate the workers. Returns
+    (args, {worker: [results]}) in the parent, None in a worker."""
+    ap = parser(doc, workers)
+    for name, default in options.items():
+        ap.add_argument(f"--{name}", type=int, default=default)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+    if not Path(args.bundle).is_dir():
+        from npsam3_convert.bundle import export_bundle
+        from npsam3_convert.models import CONTEXT_LENGTH, build_tiny_sam3_image_model
+
+        export_bundle(build_tiny_sam3_image_model(seed=0), args.bundle,
+                      context_length=CONTEXT_LENGTH, weights={"random": True, "seed": 0})
+    forwarded = ["--bundle", args.bundle] + [v for k in options for v in (f"--{k}", getattr(args, k))]
+    return args, alternate(script, workers, forwarded, args.rounds)
 
 
 def peak_rss_mib():

@@ -19,7 +19,6 @@ Python, which on these random-weight masks (speckle: thousands of components) ta
 and would make any ratio meaningless.
 """
 
-import argparse
 import json
 import statistics
 import sys
@@ -83,19 +82,13 @@ def worker(args):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bundle", default=str(ROOT / "weights" / "demo-random-bundle"))
-    ap.add_argument("--clicks", type=int, default=9)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.worker:
-        return worker(args)
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from harness import alternate
+    sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+    from harness import run
 
-    results = alternate(__file__, WORKERS, ["--bundle", args.bundle, "--clicks", args.clicks],
-                        args.rounds)
+    ran = run(__file__, __doc__, WORKERS, worker, clicks=9)
+    if ran is None:
+        return
+    args, results = ran
     med = {impl: {"click": 1000 * statistics.median(c for res in rs for c in res["click"]),
                   "first": 1000 * statistics.median(res["first"] for res in rs),
                   "first_mask": 1000 * statistics.median(res["first_mask"] for res in rs)}

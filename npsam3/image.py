@@ -24,6 +24,7 @@ the EXIF data. Every problem with the input raises ``Npsam3Error`` with one line
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 
@@ -48,15 +49,19 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 # ----------------------------------------------------------------------------------------------
 
 
-def load_image(source) -> np.ndarray:
+def load_image(source, name=None) -> np.ndarray:
     """Load ``source`` as an RGB image: uint8 array ``[H, W, 3]``.
 
-    ``source`` is a path (str or os.PathLike), a PIL image, or a uint8 array ``[H, W]``,
+    ``source`` is a path (str or os.PathLike), the bytes of an image file (bytes, bytearray or
+    memoryview; ``name`` names them in errors), a PIL image, or a uint8 array ``[H, W]``,
     ``[H, W, 1]``, ``[H, W, 3]`` or ``[H, W, 4]`` (alpha dropped). Files are decoded in full, so a
     truncated file is an error, and turned upright according to their EXIF orientation.
     """
     if isinstance(source, (str, os.PathLike)):
         return _load_path(os.fspath(source))
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        return _load_file(lambda: io.BytesIO(data), name or "the given image bytes")
     if isinstance(source, Image.Image):
         name = getattr(source, "filename", "") or "the given PIL image"
         return _decode(source, name)
@@ -74,29 +79,35 @@ def _load_path(path: str) -> np.ndarray:
         raise Npsam3Error(f"image file not found: {path}")
     if os.path.isdir(path):
         raise Npsam3Error(f"image path is a folder, not a file: {path}")
+    return _load_file(lambda: path, path)
+
+
+def _load_file(opener, name: str) -> np.ndarray:
+    """Fully decode and convert the image file that ``opener()`` gives (a path or a binary file
+    object, opened afresh per call), named ``name`` in errors: uint8 ``[H, W, 3]``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                rgb = _decode(im, path)
+            with Image.open(opener()) as im:
+                rgb = _decode(im, name)
                 file_format = im.format
             if file_format == "PNG":
-                _verify_png_chunks(path)
+                _verify_png_chunks(opener())
         return rgb
     except Npsam3Error:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise Npsam3Error(f"image is too large for Pillow's decompression-bomb guard: {path} ({e})") from None
+        raise Npsam3Error(f"image is too large for Pillow's decompression-bomb guard: {name} ({e})") from None
     except Image.UnidentifiedImageError:
-        raise Npsam3Error(f"not a readable image file (unknown format or corrupt header): {path}") from None
+        raise Npsam3Error(f"not a readable image file (unknown format or corrupt header): {name}") from None
     except Exception as e:  # Pillow reports broken data as OSError, SyntaxError, ValueError, ...
-        raise Npsam3Error(f"cannot read image {path}: {_one_line(e)}") from None
+        raise Npsam3Error(f"cannot read image {name}: {_one_line(e)}") from None
 
 
-def _verify_png_chunks(path: str) -> None:
+def _verify_png_chunks(file) -> None:
     """Check every PNG chunk's CRC up to IEND: catches a file cut short after its pixel data,
     which decoding alone accepts."""
-    with Image.open(path) as im:
+    with Image.open(file) as im:
         im.verify()
 
 

@@ -7,6 +7,7 @@ x86, arm64) npsam3 matches it exactly; elsewhere torch resizes in float and may 
 uint8 level, i.e. 2/255 after normalisation.
 """
 
+import io
 import subprocess
 import sys
 import zlib
@@ -354,6 +355,44 @@ def test_pixel_limit(tmp_path, monkeypatch):
     assert "too large" in _error(np.zeros((10, 20, 3), np.uint8))
     monkeypatch.setattr(npimage, "MAX_PIXELS", 200)
     assert load_image(path).shape == (10, 20, 3)
+
+
+def test_bytes_load_as_the_file_does(tmp_path):
+    for photo in PHOTOS:
+        data = (ASSETS / photo).read_bytes()
+        for source in (data, bytearray(data), memoryview(data)):
+            np.testing.assert_array_equal(load_image(source), load_image(ASSETS / photo))
+    rotated = _with_orientation(tmp_path, np.arange(24, dtype=np.uint8).reshape(2, 4, 3), 6, "r.png")
+    assert load_image(rotated.read_bytes()).shape == (4, 2, 3)  # turned upright
+    np.testing.assert_array_equal(load_image(rotated.read_bytes()), load_image(rotated))
+
+
+def test_bad_bytes_are_named():
+    def message(data, name=None):
+        with pytest.raises(Npsam3Error) as info:
+            load_image(data, name)
+        assert "\n" not in str(info.value)
+        return str(info.value)
+
+    assert "not a readable image" in message(b"this is not a picture\n", "notes.jpg")
+    assert "notes.jpg" in message(b"this is not a picture\n", "notes.jpg")
+    assert "the given image bytes" in message(b"")
+    jpeg = (ASSETS / "coffee.jpg").read_bytes()
+    for cut in (jpeg[: len(jpeg) // 2], jpeg[:-2]):
+        assert "cut.jpg" in message(cut, "cut.jpg")
+    png = io.BytesIO()
+    Image.open(ASSETS / "chelsea.jpg").save(png, format="PNG")
+    assert "cut.png" in message(png.getvalue()[:-12], "cut.png")  # only IEND missing
+
+
+def test_pixel_limit_on_bytes(monkeypatch):
+    png = io.BytesIO()
+    Image.new("RGB", (20, 10)).save(png, format="PNG")
+    monkeypatch.setattr(npimage, "MAX_PIXELS", 199)
+    with pytest.raises(Npsam3Error, match="too large"):
+        load_image(png.getvalue(), "big.png")
+    monkeypatch.setattr(npimage, "MAX_PIXELS", 200)
+    assert load_image(png.getvalue()).shape == (10, 20, 3)
 
 
 @pytest.mark.parametrize("pil_limit", [150, 50])  # Pillow warns over its limit, refuses over twice it

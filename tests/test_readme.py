@@ -1,4 +1,4 @@
-"""The README's Python example runs as written (on the test bundle and a shipped photo), without
+"""The README's Python examples run as written (on the test bundle and a shipped photo), without
 torch."""
 
 import re
@@ -19,7 +19,7 @@ def python_blocks(section):
 
 
 def test_python_api_example_runs(bundle):
-    (code,) = python_blocks("Python API")
+    code = "\n".join(python_blocks("Python API"))  # the concept example, then the interactive one
     code = code.replace('"weights/sam3-bundle"', repr(str(bundle)))
     code = code.replace('"photo.jpg"', repr(str(ASSETS / "coffee.jpg")))
     prelude = "import sys\nfor m in ('torch', 'torchvision', 'sam3'): sys.modules[m] = None\n"

@@ -6,14 +6,14 @@ import warnings
 
 from .. import __version__
 from ..errors import run_command
-from . import info, label, object, segment
+from . import info, label, object, segment, serve
 from .common import Parser, attach_values, status
 
 def build_parser():
     p = Parser(prog="npsam3", description="SAM3-family segmentation without PyTorch.")
     p.add_argument("--version", action="version", version=f"npsam3 {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for command in (segment, object, label, info):
+    for command in (segment, object, label, info, serve):
         command.add_parser(sub)
     return p
 
