@@ -198,6 +198,7 @@ def test_two_workers_on_a_manifest_with_missing_unreadable_and_duplicate_paths(
     r = label_cli(bundle, out, manifest, "--prompt", PROMPT, "--workers", "2")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "3 of 5 image(s) failed" in r.stderr
+    assert "holds RANDOM weights" in r.stderr  # said by the parent, which loads no model
     labelled = rows(out)
     assert sorted(labelled) == sorted(str((photos / n).resolve()) for n in ("chelsea.jpg", "coins.jpg"))
     assert labelled == {p: rows(reference)[p] for p in labelled}

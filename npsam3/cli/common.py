@@ -57,6 +57,13 @@ def pixel_box(text):
     return numbers(text, "X0,Y0,X1,Y1")
 
 
+def count(text):
+    """A whole number >= 1 (argparse type)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(text)
+
+
 def threshold(text):
     try:
         t = float(text)
@@ -253,8 +260,13 @@ def load_bundle(path, **options):
 
     status.show(f"loading bundle {path} ...")
     model = load_model(path, **options)
-    weights = model.manifest.get("weights") or {}
+    warn_if_random(path, model.manifest)
+    return model
+
+
+def warn_if_random(path, manifest):
+    """The warning that bundle ``path``'s weights are random (its manifest says so), if they are."""
+    weights = manifest.get("weights") or {}
     if weights.get("random"):
         status.print(f"npsam3: warning: bundle {path} holds RANDOM weights (seed "
                      f"{weights.get('seed')}, a demo): its masks are meaningless", sys.stderr)
-    return model

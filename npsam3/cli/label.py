@@ -1,19 +1,12 @@
 """``npsam3 label``: label a dataset with one or more prompts (see npsam3.label)."""
 
-import argparse
 import signal
 import sys
 import time
 from pathlib import Path
 
 from ..errors import Npsam3Error
-from .common import load_bundle, progress_text, status, threshold
-
-
-def positive(text):
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return int(text)
+from .common import count, load_bundle, progress_text, status, threshold, warn_if_random
 
 
 def add_parser(sub):
@@ -38,9 +31,9 @@ def add_parser(sub):
     s.add_argument("--nms-iou", type=threshold, help="mask-IoU NMS of the kept instances (off by default)")
     s.add_argument("--no-presence", action="store_true",
                    help="score without the presence head (for weak distilled presence heads)")
-    s.add_argument("--workers", type=positive, help="worker processes on this machine (default "
+    s.add_argument("--workers", type=count, help="worker processes on this machine (default "
                    "1), or Ray actors with --ray (default: the cluster's CPUs / --threads)")
-    s.add_argument("--threads", type=positive, help="threads per worker (default: cores / "
+    s.add_argument("--threads", type=count, help="threads per worker (default: cores / "
                    "workers; 1 per Ray actor)")
     s.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="label with Ray Data, on "
                    "a new local Ray instance or the cluster at ADDRESS (needs npsam3[ray]; write "
@@ -70,6 +63,7 @@ def _interrupted(signum, frame):
 
 
 def run(args):
+    from ..bundle import read_manifest
     from ..label import label
 
     signal.signal(signal.SIGTERM, _interrupted)
@@ -80,7 +74,8 @@ def run(args):
             status.print(f"npsam3: error: {value['error']}", sys.stderr)
         status.show(progress_text(done, total, Path(value["path"]).name, start, "labelled"))
 
-    if args.ray is not None or (args.workers or 1) > 1:
+    if args.ray is not None or (args.workers or 1) > 1:  # the workers load the bundle, silently
+        warn_if_random(args.bundle, read_manifest(args.bundle, verify=False))
         status.show("starting the workers (each loads the bundle) ...")
     summary = label(args.inputs, read_prompts(args), args.bundle, args.out, coco=args.coco,
                     threshold=args.threshold, nms_iou=args.nms_iou, presence=not args.no_presence,

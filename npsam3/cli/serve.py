@@ -6,7 +6,7 @@ import os
 import sys
 
 from ..errors import Npsam3Error
-from .common import load_bundle, status
+from .common import count, load_bundle, status
 
 TOKEN_ENV = "NPSAM3_SERVE_TOKEN"
 
@@ -19,12 +19,6 @@ def positive(text):
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
     return value
-
-
-def count(text):
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
-    return int(text)
 
 
 def add_parser(sub):
