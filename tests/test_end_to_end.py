@@ -171,7 +171,12 @@ def test_sort_by_score(np_model):
     assert not np.array_equal(order, np.arange(len(order)))  # query order is not score order
     np.testing.assert_array_equal(b["scores"], a["scores"][order])
     np.testing.assert_array_equal(b["boxes"], a["boxes"][order])
-    np.testing.assert_array_equal(b["masks"], a["masks"][order])
+    # the mask product's rows come in another order, which BLAS may round differently (1 ulp),
+    # so a logit at 0 may flip one pixel: logits within rounding, masks within a pixel or two
+    low_a, low_b = a["low_res_masks"][order], b["low_res_masks"]
+    assert np.abs(low_b - low_a).max() <= 1e-5 * np.abs(low_a).max()
+    for mask_b, mask_a in zip(b["masks"], a["masks"][order]):
+        assert np.count_nonzero(mask_b != mask_a) <= 2 and mask_a.any()
 
 
 def test_text_features_are_encoded_once_per_prompt(bundle):
