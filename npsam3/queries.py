@@ -24,6 +24,12 @@ def concept_instances(proc, state, prompt=None, exemplars=(), draw=None):
                      [[(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width,
                        (y1 - y0) / height] for (x0, y0, x1, y1), _ in exemplars],
                      [positive for _, positive in exemplars])
+    return selected_instances(proc, state, draw)
+
+
+def selected_instances(proc, state, draw=None):
+    """The instances ``proc`` last selected on ``state`` (after a prompt, or a re-selection by
+    ``proc.set_confidence_threshold``): (boxes, scores, rles) as ``concept_instances``."""
     boxes, scores = state["boxes"], state["scores"]
     rles = [None] * len(scores)
     order = range(len(scores) - 1, -1, -1)

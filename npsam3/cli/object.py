@@ -73,10 +73,10 @@ def segment_object(predictor, args, path, outputs):
                                        box=np.array(boxes, np.float32) if boxes else None,
                                        multimask_output=args.multimask)
     seconds = time.time() - t
+    masks, ious = masks.reshape(-1, height, width) > 0, ious.reshape(-1)
     result = object_result(path, (height, width), args.point, boxes, masks, ious, args.multimask,
                            not args.no_fill_holes, seconds=round(seconds, 3),
                            bundle=str(args.bundle))
-    masks, ious = masks.reshape(-1, height, width) > 0, ious.reshape(-1)
     canvas = Overlay(rgb)
     for i in range(len(masks) - 1, -1, -1):
         canvas.add(i, masks[i], mask_box(masks[i]), ious[i], "IoU")

@@ -10,18 +10,34 @@ job's "threshold", "nms_iou" and "presence"; nothing that varies between runs (n
 the same image and settings always give the same row.
 """
 
+import hashlib
+from contextlib import contextmanager
+
 from ..bundle import sha256_file
 from ..errors import Npsam3Error
 
 
-def file_sha256(path):
-    """sha256 (hex) of a file's bytes; an unreadable file raises Npsam3Error."""
+@contextmanager
+def _reading(path):
+    """A missing or unreadable file ``path`` -> Npsam3Error with one line."""
     try:
-        return sha256_file(path)
+        yield
     except FileNotFoundError:
         raise Npsam3Error(f"image file not found: {path}") from None
     except OSError as e:
         raise Npsam3Error(f"cannot read {path}: {e.strerror or e}") from None
+
+
+def read_file(path):
+    """A file's bytes (Npsam3Error if it cannot be read)."""
+    with _reading(path), open(path, "rb") as f:
+        return f.read()
+
+
+def file_sha256(path):
+    """sha256 (hex) of a file's bytes, streamed (Npsam3Error if it cannot be read)."""
+    with _reading(path):
+        return sha256_file(path)
 
 
 class Labeler:
@@ -49,8 +65,9 @@ class Labeler:
         from ..image import load_image
         from ..queries import concept_instances, concept_result
 
-        sha = file_sha256(path)
-        rgb = load_image(path)
+        data = read_file(path)  # read once: hashed, then decoded
+        sha = hashlib.sha256(data).hexdigest()
+        rgb = load_image(data, name=path)
         size = rgb.shape[:2]
         state = self.proc.set_image(rgb)
         s = self.settings

@@ -18,8 +18,7 @@ import numpy as np
 from ..cli.common import clip_box
 from ..image import load_image
 from ..processor import Sam3Processor
-from ..queries import concept_instances, concept_result, object_result
-from ..rle import rle_encode
+from ..queries import concept_instances, concept_result, object_result, selected_instances
 from .store import Entry, ImageStore, image_id
 
 
@@ -103,8 +102,7 @@ class Engine:
         else:
             state["detection"] = detection
             proc.set_confidence_threshold(threshold, state)
-            boxes, scores = state["boxes"], state["scores"]
-            rles = [rle_encode(mask) for mask in proc.iter_masks(state)]
+            boxes, scores, rles = selected_instances(proc, state)
         self.store.shrink()
         return concept_result(entry.name, (height, width), prompt, exemplars, boxes, scores, rles,
                               threshold=threshold, nms_iou=nms_iou, presence=presence,
