@@ -64,7 +64,9 @@ def object_result(image_name, size_hw, points, boxes, masks, ious, multimask, fi
     the predictor's masks, any shape ending in [H, W] (bool or logits > 0); ious: its predicted
     IoUs, the same leading shape."""
     height, width = size_hw
-    masks, ious = np.asarray(masks).reshape(-1, height, width) > 0, np.asarray(ious).reshape(-1)
+    masks, ious = np.asarray(masks).reshape(-1, height, width), np.asarray(ious).reshape(-1)
+    if masks.dtype != bool:  # logits (bool masks, already thresholded, are used as they are)
+        masks = masks > 0
     per_object = len(masks) // max(len(boxes), 1)
     return result_json(image_name, size_hw, [mask_box(m) for m in masks], ious, list(masks),
                        kind="object", extra={
