@@ -1,5 +1,5 @@
 """onnxruntime session options for the bundle's graphs (image trunk, detector neck, tracker neck,
-text encoder): which settings npsam3.encoders.session should use.
+text encoder): which settings npsam3.kernels.session_options should give.
 
     python benchmarks/encoder_options.py [--bundle weights/demo-random-bundle] [--runs 3] [--rounds 2]
 
@@ -33,25 +33,23 @@ def worker(args):
     sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
     from harness import peak_rss_mib
 
-    from npsam3 import encoders
+    from npsam3 import encoders, kernels
     from npsam3.image import load_image, preprocess
-    from npsam3.nn import num_threads
 
     change = VARIANTS[args.worker]
-    session_options = ort.SessionOptions
+    npsam3_options = kernels.session_options
 
     def options():  # npsam3's session options with the variant's change
-        opts = session_options()
-        opts.log_severity_level = 3
-        opts.enable_cpu_mem_arena = change.get("arena", False)
-        opts.intra_op_num_threads = change.get("threads", num_threads())
-        opts.add_session_config_entry("session.intra_op.allow_spinning",
-                                      "1" if change.get("spinning") else "0")
-        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                                change.get("level", "ORT_ENABLE_ALL"))
+        opts = npsam3_options()
+        opts.enable_cpu_mem_arena = change.get("arena", opts.enable_cpu_mem_arena)
+        opts.intra_op_num_threads = change.get("threads", opts.intra_op_num_threads)
+        if change.get("spinning"):
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        if "level" in change:
+            opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, change["level"])
         return opts
 
-    encoders.ort.SessionOptions = options  # encoders.session builds its options from this
+    kernels.session_options = options  # encoders.session takes its options from this
     bundle = Path(args.bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
     image = preprocess(load_image(ROOT / "assets" / "coins.jpg"), manifest["image_trunk"]["resolution"])

@@ -12,15 +12,15 @@ Image (bundle format 2, three graphs, so that each call pays only for what it us
 Text: text_encoder.onnx "input_ids" int64 [B, L] -> "language_features" float32 [L, B, C],
     "language_mask" bool [B, L] (True = padding).
 
-Sessions run on ``nn.num_threads()`` threads that sleep between calls (no spinning), so that
-they never compete with npsam3's own thread pool for the cores.
+Sessions take npsam3's options (``kernels.session_options``): ``nn.num_threads()`` threads that
+sleep between calls, so that they never compete with npsam3's own thread pool, and no arena.
 """
 
 import numpy as np
 import onnxruntime as ort
 
 from .errors import Npsam3Error
-from .nn import num_threads
+from . import kernels
 
 FPN_OUTPUTS = ("backbone_fpn_0", "backbone_fpn_1", "backbone_fpn_2")
 TRUNK_OUTPUT = "vision_features"
@@ -30,13 +30,9 @@ TEXT_OUTPUTS = ("language_features", "language_mask")
 
 def session(path, inputs, outputs, what):
     """An onnxruntime CPU session for ``path`` whose graph has exactly these input/output names."""
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.enable_cpu_mem_arena = False  # same speed; SAM3's image encoder peaks ~3 GB lower
-    opts.intra_op_num_threads = num_threads()
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(path), kernels.session_options(),
+                                    providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for bad files
         raise Npsam3Error(f"cannot load {path}: {str(e).splitlines()[0][:200]}") from None
     got_in = [i.name for i in sess.get_inputs()]
