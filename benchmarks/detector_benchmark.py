@@ -1,5 +1,5 @@
-"""Detector speed and memory: npsam3 on both kernel sets (onnxruntime's fused kernels, the
-default, and pure NumPy), the PyTorch reference and onnxruntime on the reference's full ONNX
+"""Detector speed and memory: npsam3 on its three kernel sets (auto, the default; every
+onnxruntime kernel; pure NumPy), the PyTorch reference and onnxruntime on the reference's full ONNX
 export, on the same random inputs.
 
     python benchmarks/detector_benchmark.py [--runs 5] [--rounds 2] [--feat 72] [--native-blas]
@@ -97,7 +97,7 @@ def run_ort(onnx_path, feat, runs):
     return [{"total": t} for t in times], {}
 
 
-NPSAM3 = {"npsam3": "onnxruntime", "npsam3-numpy": "numpy"}  # worker -> kernel set
+NPSAM3 = {"npsam3": "auto", "npsam3-ort": "onnxruntime", "npsam3-numpy": "numpy"}  # worker -> kernels
 
 
 def worker(args):
@@ -159,15 +159,18 @@ def main():
           f"{os.cpu_count()} cores")
     work = gflop(args.feat)
     work["total"] = sum(work.values())
-    print(f"{'stage':20s} {'GFLOP':>6s} {'npsam3 ms':>10s} {'numpy ms':>10s} {'torch ms':>10s} "
-          f"{'ratio':>6s} {'numpy':>6s}")
-    for s in STAGES + ["total"]:
-        a, n, b = med["npsam3"][s], med["npsam3-numpy"][s], med["torch"][s]
-        print(f"{s:20s} {work[s] / 1e9:6.1f} {a:10.1f} {n:10.1f} {b:10.1f} {a / b:6.2f} {n / b:6.2f}")
-    print(f"{'peak RSS (MiB)':20s} {'':6s} {peak['npsam3']:10.0f} {peak['npsam3-numpy']:10.0f} "
-          f"{peak['torch']:10.0f} {peak['npsam3'] / peak['torch']:6.2f} "
-          f"{peak['npsam3-numpy'] / peak['torch']:6.2f}")
-    print("(ratio: npsam3 with onnxruntime kernels / torch; numpy: npsam3 pure NumPy / torch)")
+    cols = [*NPSAM3, "torch"]
+    table = {s: ({c: med[c][s] for c in cols}, f"{work[s] / 1e9:6.1f}") for s in STAGES + ["total"]}
+    table["peak RSS (MiB)"] = ({c: peak[c] for c in cols}, "")
+    print(f"{'stage':20s} {'GFLOP':>6s}" + "".join(f"{c + ' ms':>17s}" for c in cols)
+          + "".join(f"{c + ' / torch':>21s}" for c in NPSAM3))
+    for stage, (v, gf) in table.items():
+        print(f"{stage:20s} {gf:>6s}" + "".join(f"{v[c]:17.1f}" for c in cols)
+              + "".join(f"{v[c] / v['torch']:21.2f}" for c in NPSAM3))
+    from npsam3.kernels import auto_kernels
+
+    print(f"(npsam3: the default kernel set, auto: here {', '.join(auto_kernels())} from onnxruntime; "
+          "npsam3-ort: every onnxruntime kernel; npsam3-numpy: pure NumPy)")
     if "onnxruntime" in results:
         ort = 1000 * statistics.median(t["total"] for res in results["onnxruntime"] for t in res["times"])
         print(f"onnxruntime (ONNX export of the reference, all 200 masks): {ort:.1f} ms, "

@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTO, PROMPT, THRESHOLD = ROOT / "assets" / "coins.jpg", "a coin", 0.4
-WORKERS = {"npsam3": "onnxruntime", "npsam3-numpy": "numpy", "torch": None}
+WORKERS = {"npsam3": "auto", "npsam3-numpy": "numpy", "torch": None}
 
 
 def timed_calls(proc, image, runs):
@@ -99,7 +99,7 @@ def main():
         folder = Path(tmp)
         for i, p in enumerate(sorted((ROOT / "assets").glob("*.jpg")) * 2):
             shutil.copy(p, folder / f"{i}_{p.name}")
-        for kernels in ("onnxruntime", "numpy"):
+        for kernels in ("auto", "numpy"):
             one = segment_wall(args.bundle, [PHOTO], kernels)
             eight = segment_wall(args.bundle, [folder], kernels)
             print(f"npsam3 segment ({kernels} kernels), wall time incl. start-up and bundle load: "

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMPTS = [dict(point_coords=[[500, 400]], point_labels=[1]),
            dict(point_coords=[[500, 400], [200, 800]], point_labels=[1, 0]),
            dict(box=[300, 200, 800, 900])]
-WORKERS = {"npsam3": "onnxruntime", "npsam3-numpy": "numpy", "torch": None}
+WORKERS = {"npsam3": "auto", "npsam3-numpy": "numpy", "torch": None}
 
 
 def photo():

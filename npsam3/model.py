@@ -142,8 +142,8 @@ def _sam_heads(manifest, bundle_dir):
 
 def load_model(bundle_dir, verify=True, kernels=None):
     """Load a full bundle. ``verify`` checks every file against the manifest's sha256 first;
-    ``kernels`` ("onnxruntime" or "numpy") picks the primitives' implementation for this model
-    (default: NPSAM3_KERNELS, else onnxruntime; see npsam3.kernels)."""
+    ``kernels`` ("auto", "onnxruntime" or "numpy") picks the primitives' implementation for this
+    model (default: NPSAM3_KERNELS, else auto; see npsam3.kernels)."""
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir, verify=verify)
     txt = _section(manifest, "text_encoder", bundle_dir)

@@ -208,7 +208,7 @@ def attention(q, k, v, num_heads, attn_bias=None, key_padding_mask=None):
 
     attn_bias: optional additive [heads, Nq, Nk]; key_padding_mask: optional bool [Nk], True = ignore.
     """
-    if kernels.selected() == "onnxruntime":
+    if kernels.serves("attention"):
         out = kernels.attention(q, k, v, num_heads, attn_bias, key_padding_mask)
         if out is not None:
             return out
@@ -279,7 +279,7 @@ def conv2d(x, p, name, padding=0):
     onnxruntime's convolution where the selected kernels allow it (npsam3.kernels), else
     ``conv2d_numpy``; 1 x 1 is a matrix product."""
     w, b = p[f"{name}.weight"], p[f"{name}.bias"]
-    if w.shape[-1] > 1 and kernels.selected() == "onnxruntime":
+    if w.shape[-1] > 1 and kernels.serves("conv2d"):
         out = kernels.conv2d(x, w, b, padding)
         if out is not None:
             return out

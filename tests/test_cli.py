@@ -13,6 +13,7 @@ import time
 import pytest
 from PIL import Image
 
+from npsam3 import kernels
 from npsam3.rle import rle_decode
 
 from .conftest import ASSETS
@@ -284,7 +285,11 @@ def test_info(bundle):
     assert "verified at export: backbone_fpn_0" in r.stdout
     assert "weights: RANDOM (seed 0)" in r.stdout
     assert "interactive predictor (points, boxes, masks): yes, tracker.safetensors" in r.stdout
-    assert "kernels: attention, conv2d from onnxruntime" in r.stdout
+    conv = "conv2d" in kernels.auto_kernels()
+    assert f"kernels (auto): attention{', conv2d' * conv} from onnxruntime" in r.stdout
+    assert ("NumPy conv2d (Winograd" in r.stdout) != conv
+    r = npsam3_cli("info", bundle, env={**os.environ, "NPSAM3_KERNELS": "onnxruntime"})
+    assert "kernels (onnxruntime): attention, conv2d from onnxruntime" in r.stdout
     r = npsam3_cli("info", bundle, env={**os.environ, "NPSAM3_KERNELS": "numpy"})
     assert "kernels: NumPy only (NPSAM3_KERNELS=numpy)" in r.stdout
 

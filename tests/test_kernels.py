@@ -88,11 +88,33 @@ def test_selection_per_context_and_environment(monkeypatch):
     with kernels.use("onnxruntime"):
         nn.attention(q, q, q, 4)
     assert calls == [1]
+    monkeypatch.delenv("NPSAM3_KERNELS", raising=False)
+    assert kernels.selected() == "auto"
     monkeypatch.setenv("NPSAM3_KERNELS", "numpy")
     assert kernels.selected() == "numpy"
     monkeypatch.setenv("NPSAM3_KERNELS", "cuda")
-    with pytest.raises(ValueError, match="kernels must be one of onnxruntime, numpy"):
+    with pytest.raises(ValueError, match="kernels must be one of auto, onnxruntime, numpy"):
         kernels.selected()
+
+
+@pytest.mark.parametrize("cpu_kernels", [("attention",), ("attention", "conv2d")])
+def test_auto_takes_the_kernels_measured_faster_on_this_cpu(monkeypatch, cpu_kernels):
+    """"auto" serves attention by onnxruntime everywhere, conv2d only where auto_kernels (the
+    CPU's AVX-512) says; "onnxruntime" serves both, "numpy" neither."""
+    calls = []
+    for name in ("attention", "conv2d"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+    monkeypatch.setattr(kernels, "auto_kernels", lambda: cpu_kernels)
+    q = rng.standard_normal((20, 32), dtype=np.float32)
+    p = {"c.weight": rng.standard_normal((4, 3, 3, 3), dtype=np.float32), "c.bias": np.zeros(4, np.float32)}
+    for kernel_set, served in [("auto", cpu_kernels), ("onnxruntime", ("attention", "conv2d")),
+                               ("numpy", ())]:
+        calls.clear()
+        with kernels.use(kernel_set):
+            nn.attention(q, q, q, 4)
+            nn.conv2d(q[:3].reshape(3, 4, 8), p, "c", padding=1)
+        assert tuple(calls) == served, kernel_set
 
 
 def test_models_choose_their_kernels(bundle):
@@ -116,20 +138,21 @@ def test_unavailable_kernel_falls_back_to_numpy_with_one_notice(monkeypatch):
             out = nn.attention(q, q, q, 4)
     np.testing.assert_array_equal(out, nn.attention_numpy(q, q, q, 4))
     assert len(caught) == 1 and "NumPy attention serves instead" in str(caught[0].message)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), kernels.use("onnxruntime"):
         warnings.simplefilter("ignore")
         line = kernels.describe()
-    assert line.startswith("kernels: none from onnxruntime")
+    assert line.startswith("kernels (onnxruntime): none from onnxruntime")
     assert "NumPy attention: onnxruntime's attention kernel is unavailable here" in line
 
 
 def test_runtime_needs_no_onnx_package():
     """The kernels build their graphs without the onnx package (not a runtime dependency)."""
     code = ("import sys\nsys.modules['onnx'] = None\nimport numpy as np\n"
+            "import os\nos.environ['NPSAM3_KERNELS'] = 'onnxruntime'\n"
             "from npsam3 import kernels\nq = np.ones((5, 16), np.float32)\n"
             "assert kernels.attention(q, q, q, 2) is not None\nprint(kernels.describe())")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert r.returncode == 0 and "kernels: attention, conv2d from onnxruntime" in r.stdout, r.stderr
+    assert r.returncode == 0 and "kernels (onnxruntime): attention, conv2d from" in r.stdout, r.stderr
 
 
 TRIM_CHECK = """

@@ -29,8 +29,9 @@ def add_image_job_arguments(parser, bundle_help):
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     parser.add_argument("--bundle", required=True, help=bundle_help)
     parser.add_argument("--kernels", choices=KERNELS, help="primitives' implementation: "
-                        "onnxruntime's fused kernels where they work (default) or pure NumPy "
-                        "(env NPSAM3_KERNELS)")
+                        "auto (default: onnxruntime's kernels where they measured faster on this "
+                        "CPU), onnxruntime (all its kernels) or numpy (pure NumPy; env "
+                        "NPSAM3_KERNELS)")
     parser.add_argument("--out", required=True,
                         help="output folder (created when the first file is written)")
     parser.add_argument("--force", action="store_true", help="replace existing output files")

@@ -205,7 +205,7 @@ class Detector:
 
 def load_detector(bundle_dir, verify=True, kernels=None):
     """Read a bundle's manifest, check its hashes and the detector tensors, return a Detector
-    (``kernels``: "onnxruntime", "numpy", or None for npsam3.kernels.selected())."""
+    (``kernels``: "auto", "onnxruntime", "numpy", or None for npsam3.kernels.selected())."""
     manifest = read_manifest(bundle_dir, verify=verify)
     cfg = manifest.get("detector")
     if not isinstance(cfg, dict) or DETECTOR_FILE not in manifest["files"]:
