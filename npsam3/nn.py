@@ -107,21 +107,30 @@ def linear(x, p, name):
 
 
 def ffn(x, p, name):
-    """linear2(relu(linear1(x))) of a transformer layer, [N, C] -> [N, C], in row blocks so the
-    [block, dim_feedforward] hidden stays small."""
-    w1, b1 = p[f"{name}.linear1.weight"], p[f"{name}.linear1.bias"]
-    w2, b2 = p[f"{name}.linear2.weight"], p[f"{name}.linear2.bias"]
-    out = np.empty_like(x)
+    """linear2(relu(linear1(x))) of a transformer layer, [N, C] -> [N, C]."""
+    return relu_mlp(x, [(p[f"{name}.linear{i}.weight"], p[f"{name}.linear{i}.bias"]) for i in (1, 2)])
+
+
+def relu_mlp(x, layers):
+    """Linears ``layers`` [(weight [out, in], bias [out])] with ReLU between, on [..., in] ->
+    [..., out]. Rows run in blocks (split over threads) small enough that every hidden
+    activation of a block stays in cache (~2 MB), instead of a pass over memory per layer."""
+    shape = x.shape
+    x = x.reshape(-1, shape[-1])
+    out = np.empty((len(x), layers[-1][0].shape[0]), f32)
+    block = max(16, (1 << 19) // max(w.shape[0] for w, _ in layers))
 
     def rows(i, j):
-        for a in range(i, j, 256):
-            h = x[a:min(a + 256, j)] @ w1.T
-            h += b1
-            np.maximum(h, 0, out=h)
-            np.matmul(h, w2.T, out=out[a:a + len(h)])
-            out[a:a + len(h)] += b2
+        for a in range(i, j, block):
+            h = x[a:min(a + block, j)]
+            for k, (w, b) in enumerate(layers):
+                h = h @ w.T
+                h += b
+                if k < len(layers) - 1:
+                    np.maximum(h, 0, out=h)
+            out[a:a + len(h)] = h
     parallel_for(rows, len(x), 64)
-    return out
+    return out.reshape(*shape[:-1], -1)
 
 
 def layer_norm(x, p, name, eps=1e-5):
@@ -145,11 +154,8 @@ def layer_norm(x, p, name, eps=1e-5):
 
 def mlp(x, p, name, num_layers, residual=False, out_norm=None):
     """sam3 MLP: ReLU between ``num_layers`` linears, optional residual and output LayerNorm."""
-    h = x
-    for i in range(num_layers):
-        h = linear(h, p, f"{name}.layers.{i}")
-        if i < num_layers - 1:
-            relu(h)
+    h = relu_mlp(x, [(p[f"{name}.layers.{i}.weight"], p[f"{name}.layers.{i}.bias"])
+                     for i in range(num_layers)])
     if residual:
         h = h + x
     if out_norm is not None:

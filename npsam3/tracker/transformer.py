@@ -162,8 +162,7 @@ def _token_norm(x, p, name):
 
 def mlp_block(p, name, x):
     """MLPBlock with ReLU: lin2(relu(lin1(x))) on [..., C]."""
-    h = nn.relu(nn.linear(x.reshape(-1, x.shape[-1]), p, f"{name}.lin1"))
-    return nn.linear(h, p, f"{name}.lin2").reshape(x.shape)
+    return nn.relu_mlp(x, [(p[f"{name}.lin{i}.weight"], p[f"{name}.lin{i}.bias"]) for i in (1, 2)])
 
 
 def two_way_attention_block(p, name, queries, keys, keys_pe, query_pe, key_pe, num_heads,
