@@ -73,7 +73,15 @@ def inverse_sigmoid(x, eps=1e-3):
 
 
 def relu(x):
-    return np.maximum(x, 0, out=x)
+    """max(x, 0) in place; a large contiguous x is split over threads."""
+    if not x.flags.c_contiguous:
+        return np.maximum(x, 0, out=x)
+    flat = x.reshape(-1)
+
+    def part(i, j):
+        np.maximum(flat[i:j], 0, out=flat[i:j])
+    parallel_for(part, len(flat), 1 << 18)
+    return x
 
 
 # --- layers over a weight dict -----------------------------------------------------------------
@@ -173,12 +181,12 @@ def group_norm(x, p, name, num_groups, eps=1e-5):
 
     def groups(i, j):
         for k in range(i, j):
-            gc = g[k] - g[k].mean()
-            std = np.sqrt(np.mean(gc * gc) + f32(eps))
-            y = gc.reshape(per, -1)
+            y = out.reshape(num_groups, -1)[k]
+            np.subtract(g[k], g[k].mean(), out=y)
+            std = np.sqrt(np.mean(np.square(y)) + f32(eps))
+            y = y.reshape(per, -1)
             y *= (w[k * per:(k + 1) * per] / std)[:, None]
             y += b[k * per:(k + 1) * per, None]
-            out[k * per:(k + 1) * per] = y.reshape(per, *x.shape[1:])
     parallel_for(groups, num_groups)
     return out
 
@@ -387,12 +395,20 @@ def conv3x3_winograd(x, w, b):
 
 def upsample_add(cur, prev):
     """cur + F.interpolate(prev, cur.shape[-2:], mode="nearest") for [C, H, W] maps; an exact
-    integer factor is a broadcast add, in one pass."""
+    integer factor is a broadcast add of prev repeated along W, a few channels at a time (in
+    cache), the channels split over threads."""
     (h, w), (ho, wo) = prev.shape[-2:], cur.shape[-2:]
     if ho % h or wo % w:
         return cur + interpolate_nearest(prev, (ho, wo))
-    out = cur.copy()
-    out.reshape(len(cur), h, ho // h, w, wo // w)[...] += prev[:, :, None, :, None]
+    out = np.empty_like(cur)
+
+    def channels(i, j):
+        for a in range(i, j, 8):
+            b = min(a + 8, j)
+            wide = np.repeat(prev[a:b], wo // w, axis=-1)[:, :, None]  # [c, h, 1, Wo]
+            np.add(cur[a:b].reshape(b - a, h, ho // h, wo), wide,
+                   out=out[a:b].reshape(b - a, h, ho // h, wo))
+    parallel_for(channels, len(cur))
     return out
 
 

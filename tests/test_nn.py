@@ -52,6 +52,15 @@ def test_interpolate_nearest(size):
     close(nn.interpolate_nearest(x, size), want, rtol=0)
 
 
+@pytest.mark.parametrize("cur, prev", [((20, 144, 144), (20, 72, 72)), ((9, 12, 30), (9, 4, 10)),
+                                       ((3, 10, 8), (3, 10, 4)), ((3, 10, 9), (3, 4, 4))])
+def test_upsample_add(cur, prev):
+    """Integer factors (2, 2), (3, 3) and (1, 2) are the broadcast path; 10 x 9 from 4 x 4 is not."""
+    c, p = rng.standard_normal(cur, dtype=np.float32), rng.standard_normal(prev, dtype=np.float32)
+    want = torch.from_numpy(c) + F.interpolate(torch.from_numpy(p)[None], cur[1:], mode="nearest")[0]
+    close(nn.upsample_add(c, p), want, rtol=0)
+
+
 @pytest.mark.parametrize("kernel_set", ["onnxruntime", "numpy"])
 @pytest.mark.parametrize("k, pad, size", [(3, 1, (11, 9)), (3, 1, (12, 10)), (3, 1, (144, 144)),
                                           (1, 0, (11, 9)), (7, 0, (11, 9))])
@@ -62,6 +71,15 @@ def test_conv2d(k, pad, size, kernel_set):
     p = {"c.weight": conv.weight.detach().numpy(), "c.bias": conv.bias.detach().numpy()}
     with kernels.use(kernel_set):
         close(nn.conv2d(x, p, "c", padding=pad), conv(torch.from_numpy(x)[None])[0])
+
+
+@pytest.mark.parametrize("shape, view", [((3, 400, 500), np.s_[:]), ((3, 400, 500), np.s_[:, ::2]),
+                                         ((7,), np.s_[:])])
+def test_relu_is_in_place(shape, view):
+    """Large contiguous maps run split over threads, other views in one call; both in place."""
+    x = rng.standard_normal(shape, dtype=np.float32)[view]
+    want = torch.relu(torch.from_numpy(x.copy())).numpy()
+    assert nn.relu(x) is x and np.array_equal(x, want)
 
 
 def test_group_norm_and_layer_norm():
