@@ -127,7 +127,7 @@ def main():
     if args.worker:
         return worker(args)
 
-    from harness import alternate
+    from harness import alternate, print_targets
     from npsam3_convert import export_detector
     from npsam3_convert.reference import build_reference_detector, randomize_
 
@@ -178,6 +178,13 @@ def main():
               f"{med['npsam3']['total'] / ort:.2f}, peak RSS {peak['npsam3'] / peak['onnxruntime']:.2f}")
     load = statistics.median(res["bundle load"] for res in results["npsam3"])
     print(f"npsam3 bundle load: {1000 * load:.0f} ms")
+    targets = [("detector time, npsam3 / torch", med["npsam3"]["total"] / med["torch"]["total"], 0.75),
+               ("peak RSS, npsam3 / torch", peak["npsam3"] / peak["torch"], 0.6),
+               ("detector time, npsam3-numpy / torch (issue 8's measured 8.7 / 5.4 s)",
+                med["npsam3-numpy"]["total"] / med["torch"]["total"], 8.7 / 5.4)]
+    if "onnxruntime" in results:
+        targets.insert(1, ("detector time, npsam3 / onnxruntime", med["npsam3"]["total"] / ort, 0.9))
+    print_targets(targets)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def segment_wall(bundle, images, kernels):
 
 def main():
     sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
-    from harness import run
+    from harness import print_targets, run
 
     ran = run(__file__, __doc__, WORKERS, worker, runs=3)
     if ran is None:
@@ -95,6 +95,8 @@ def main():
     print(f"{'peak RSS (MiB)':18s} {peak['npsam3']:10.0f} {peak['npsam3-numpy']:10.0f} "
           f"{peak['torch']:10.0f} {peak['npsam3'] / peak['torch']:6.2f} "
           f"{peak['npsam3-numpy'] / peak['torch']:6.2f}")
+    print_targets([("end to end (set_image + set_text_prompt), npsam3 / torch",
+                    med["npsam3"]["total"] / med["torch"]["total"], 0.75)])
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for i, p in enumerate(sorted((ROOT / "assets").glob("*.jpg")) * 2):

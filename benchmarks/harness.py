@@ -61,3 +61,9 @@ def alternate(script, workers, worker_args, rounds, env=None):
             out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
             results[w].append(json.loads(out.strip().splitlines()[-1]))
     return results
+
+
+def print_targets(targets):
+    """One line per (what, ratio, bound): the ratio, its bound and whether it is met."""
+    for what, ratio, bound in targets:
+        print(f"target {what} <= {bound:.2f}: {ratio:.2f} {'met' if ratio <= bound else 'MISSED'}")
