@@ -11,6 +11,13 @@ def inputs():
     return random_inputs(0, (8, 8))
 
 
+def _poke(x, index, value):
+    """A copy of x with one element set (the fixture's arrays are shared between cases)."""
+    x = x.copy()
+    x[index] = value
+    return x
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda a: a.update(backbone_fpn=a["backbone_fpn"][:2]), "backbone_fpn must be a list of three"),
     (lambda a: a["backbone_fpn"].__setitem__(0, np.zeros((1, 256, 30, 32), np.float32)),
@@ -23,6 +30,12 @@ def inputs():
     (lambda a: a.update(language_mask=np.zeros((1, 31), bool)), r"language_mask must have shape \[1,32\]"),
     (lambda a: a.update(boxes=np.zeros((2, 3), np.float32)), r"boxes must have shape \[N,4\]"),
     (lambda a: a.update(boxes=np.full((1, 4), np.nan, np.float32)), "boxes contains NaN"),
+    (lambda a: a["backbone_fpn"].__setitem__(1, _poke(a["backbone_fpn"][1], (0, 3, 5, 7), np.nan)),
+     r"backbone_fpn\[1\] contains NaN"),
+    (lambda a: a["backbone_fpn"].__setitem__(2, _poke(a["backbone_fpn"][2], (0, 0, 0, 0), -np.inf)),
+     r"backbone_fpn\[2\] contains NaN or infinite"),
+    (lambda a: a.update(language_features=_poke(a["language_features"], (4, 0, 9), np.inf)),
+     "language_features contains NaN or infinite"),
     (lambda a: a.update(boxes=np.zeros((2, 4), np.float32), box_labels=np.ones(3, bool)),
      r"box_labels must have shape \[2\]"),
     (lambda a: a.update(point_labels=np.ones(1, bool)), "point_labels given without points"),

@@ -90,7 +90,11 @@ def test_group_norm_and_layer_norm():
     p = {f"{n}.{k}": v.detach().numpy() for n, m in (("gn", gn), ("ln", ln))
          for k, v in m.state_dict().items()}
     x = 3 + 2 * rng.standard_normal((12, 5, 7), dtype=np.float32)
-    close(nn.group_norm(x, p, "gn", 4), gn(torch.from_numpy(x)[None])[0])
+    want = gn(torch.from_numpy(x)[None])[0]
+    close(nn.group_norm(x, p, "gn", 4), want)
+    y = x.copy()
+    assert nn.group_norm(y, p, "gn", 4, out=y) is y  # in place, as the pixel decoder runs it
+    close(y, want)
     t = x.reshape(12, -1).T.copy()
     close(nn.layer_norm(t, p, "ln"), ln(torch.from_numpy(t)))
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import nn
-from ..kernels import check as check_kernels, use as use_kernels
+from ..kernels import check as check_kernels, trim_heap, use as use_kernels
 from ..bundle import load_weights, read_manifest
 from ..errors import Npsam3Error
 from .config import check_weights
@@ -39,7 +39,7 @@ def _array(name, x, ndim, dtype=f32):
         return x
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"{name} must be floating point, got {x.dtype}")
-    if not np.isfinite(x).all():
+    if x.size and not (np.isfinite(x.min()) and np.isfinite(x.max())):  # NaN propagates; no temporary
         raise ValueError(f"{name} contains NaN or infinite values")
     return np.ascontiguousarray(x, dtype=dtype)
 
@@ -134,6 +134,7 @@ class Detector:
         prompt_mask = np.concatenate([lang_mask, np.zeros(len(geo), bool)])
         with self._stage("fusion encoder"):
             memory = fusion_encoder(self.encoder, cfg, img_feat, img_pos, prompt, prompt_mask)
+            trim_heap()
         with self._stage("decoder"):
             hs, refs, presence, boxes_out = transformer_decoder(self.decoder, cfg, memory, img_pos,
                                                                 (h, w), prompt, prompt_mask)

@@ -19,13 +19,14 @@ def cross_attend_prompt(p, memory, prompt, prompt_mask, heads):
 def pixel_decoder(p, feats):
     """PixelDecoder (nearest upsampling): feats [C, 4h, 4w], [C, 2h, 2w], [C, h, w] -> [C, 4h, 4w].
 
-    One conv3x3 + GroupNorm(8) + ReLU per upsampling step (only as many conv layers as steps run).
+    One conv3x3 + GroupNorm(8) + ReLU per upsampling step (only as many conv layers as steps run);
+    the norm and the ReLU run in place on the convolution's output.
     """
     prev = feats[-1]
     for i, cur in enumerate(feats[-2::-1]):
         prev = nn.upsample_add(cur, prev)
         prev = nn.conv2d(prev, p, f"pixel_decoder.conv_layers.{i}", padding=1)
-        prev = nn.relu(nn.group_norm(prev, p, f"pixel_decoder.norms.{i}", 8))
+        prev = nn.relu(nn.group_norm(prev, p, f"pixel_decoder.norms.{i}", 8, out=prev))
     return prev
 
 
