@@ -172,12 +172,16 @@ def mlp(x, p, name, num_layers, residual=False, out_norm=None):
 
 
 def group_norm(x, p, name, num_groups, eps=1e-5, out=None):
-    """nn.GroupNorm on a [C, H, W] map; groups are split over threads. ``out`` may be x itself
-    (a map the caller owns): normalising in place spares a fresh map's page faults."""
+    """nn.GroupNorm on a [C, H, W] map; groups are split over threads. ``out`` (C-contiguous, x's
+    shape) may be x itself, a map the caller owns: normalising in place spares a fresh map's
+    page faults."""
     c = x.shape[0]
     g = x.reshape(num_groups, -1)
     w, b = p[f"{name}.weight"], p[f"{name}.bias"]
-    out = np.empty(x.shape, f32) if out is None else out
+    if out is None:
+        out = np.empty(x.shape, f32)
+    elif not out.flags.c_contiguous or out.shape != x.shape:
+        raise ValueError(f"group_norm's out must be C-contiguous with shape {x.shape}")
     per = c // num_groups
 
     def groups(i, j):

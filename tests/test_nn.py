@@ -95,6 +95,8 @@ def test_group_norm_and_layer_norm():
     y = x.copy()
     assert nn.group_norm(y, p, "gn", 4, out=y) is y  # in place, as the pixel decoder runs it
     close(y, want)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        nn.group_norm(x[:, :, ::2], p, "gn", 4, out=x[:, :, ::2])
     t = x.reshape(12, -1).T.copy()
     close(nn.layer_norm(t, p, "ln"), ln(torch.from_numpy(t)))
 
