@@ -116,13 +116,14 @@ def linear(x, p, name):
 
 def ffn(x, p, name):
     """linear2(relu(linear1(x))) of a transformer layer, [N, C] -> [N, C]."""
-    return relu_mlp(x, [(p[f"{name}.linear{i}.weight"], p[f"{name}.linear{i}.bias"]) for i in (1, 2)])
+    return relu_mlp(x, p, [f"{name}.linear1", f"{name}.linear2"])
 
 
-def relu_mlp(x, layers):
-    """Linears ``layers`` [(weight [out, in], bias [out])] with ReLU between, on [..., in] ->
-    [..., out]. Rows run in blocks (split over threads) small enough that every hidden
-    activation of a block stays in cache (~2 MB), instead of a pass over memory per layer."""
+def relu_mlp(x, p, names):
+    """The nn.Linear layers ``names`` with ReLU between, [..., in] -> [..., out]. Rows run in
+    blocks (split over threads) small enough that every hidden activation of a block stays in
+    cache (~2 MB), instead of a pass over memory per layer."""
+    layers = [(p[f"{n}.weight"], p[f"{n}.bias"]) for n in names]
     shape = x.shape
     x = x.reshape(-1, shape[-1])
     out = np.empty((len(x), layers[-1][0].shape[0]), f32)
@@ -162,8 +163,7 @@ def layer_norm(x, p, name, eps=1e-5):
 
 def mlp(x, p, name, num_layers, residual=False, out_norm=None):
     """sam3 MLP: ReLU between ``num_layers`` linears, optional residual and output LayerNorm."""
-    h = relu_mlp(x, [(p[f"{name}.layers.{i}.weight"], p[f"{name}.layers.{i}.bias"])
-                     for i in range(num_layers)])
+    h = relu_mlp(x, p, [f"{name}.layers.{i}" for i in range(num_layers)])
     if residual:
         h = h + x
     if out_norm is not None:
@@ -182,11 +182,12 @@ def group_norm(x, p, name, num_groups, eps=1e-5, out=None):
         out = np.empty(x.shape, f32)
     elif not out.flags.c_contiguous or out.shape != x.shape:
         raise ValueError(f"group_norm's out must be C-contiguous with shape {x.shape}")
+    go = out.reshape(num_groups, -1)
     per = c // num_groups
 
     def groups(i, j):
         for k in range(i, j):
-            y = out.reshape(num_groups, -1)[k]
+            y = go[k]
             np.subtract(g[k], g[k].mean(), out=y)
             std = np.sqrt(np.mean(np.square(y)) + f32(eps))
             y = y.reshape(per, -1)

@@ -162,7 +162,7 @@ def _token_norm(x, p, name):
 
 def mlp_block(p, name, x):
     """MLPBlock with ReLU: lin2(relu(lin1(x))) on [..., C]."""
-    return nn.relu_mlp(x, [(p[f"{name}.lin{i}.weight"], p[f"{name}.lin{i}.bias"]) for i in (1, 2)])
+    return nn.relu_mlp(x, p, [f"{name}.lin1", f"{name}.lin2"])
 
 
 def two_way_attention_block(p, name, queries, keys, keys_pe, query_pe, key_pe, num_heads,
